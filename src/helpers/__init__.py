@@ -1,0 +1,1 @@
+"""tunebook helpers: the logic behind the notebooks, one module per concern."""

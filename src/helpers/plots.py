@@ -1,0 +1,30 @@
+"""One plotting style for every figure, and saving figures into the run folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: papermill and CI have no display
+import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+PAGE_WIDTH = 7.5  # inches: a figure at this width fits a printed page
+
+
+def apply_style() -> None:
+    """The project's matplotlib/seaborn style: readable, print-friendly, colour-blind safe."""
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+    plt.rcParams.update({"figure.figsize": (PAGE_WIDTH, 4.0), "figure.dpi": 100, "savefig.dpi": 120,
+                         "savefig.bbox": "tight", "axes.titleweight": "bold", "axes.titlesize": 12})
+
+
+def save(fig, figures_dir: Path, name: str) -> Path:
+    """Save a figure as figures_dir/name.png (the report embeds it) and return the path."""
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    path = figures_dir / f"{name}.png"
+    fig.savefig(path)
+    return path
+
+
+apply_style()

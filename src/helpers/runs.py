@@ -1,0 +1,205 @@
+"""One folder per run: resolved config, manifest, data, model, figures, metrics, notebooks."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import paths
+from .config import Config, ConfigError, load_config, to_yaml
+
+TRACKED_PACKAGES = ["torch", "transformers", "datasets", "peft", "accelerate", "evaluate",
+                    "scikit-learn", "optuna", "papermill", "numpy", "pandas"]
+
+
+@dataclass(frozen=True)
+class Run:
+    """Paths of one run folder; every stage reads and writes through these."""
+
+    dir: Path
+
+    @property
+    def data(self) -> Path:
+        return self.dir / "data"
+
+    @property
+    def model(self) -> Path:
+        return self.dir / "model"
+
+    @property
+    def figures(self) -> Path:
+        return self.dir / "figures"
+
+    @property
+    def notebooks(self) -> Path:
+        return self.dir / "notebooks"
+
+    @property
+    def config_file(self) -> Path:
+        return self.dir / "config.yaml"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.dir / "metrics.json"
+
+    @property
+    def manifest_file(self) -> Path:
+        return self.dir / "manifest.json"
+
+    def config(self) -> Config:
+        """The resolved config this run was created with."""
+        return load_config(self.config_file)
+
+
+def create_run(cfg: Config, reports: Path | None = None) -> Run:
+    """Make a new run folder (never reusing one) and record the config and manifest."""
+    reports = Path(reports or paths.REPORTS)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = reports / f"{cfg.experiment.name}-{stamp}"
+    folder, n = base, 1
+    while True:
+        try:
+            folder.mkdir(parents=True)
+            break
+        except FileExistsError:  # two runs in one second: suffix, never overwrite
+            n += 1
+            folder = Path(f"{base}-{n}")
+    run = Run(folder)
+    for sub in (run.data, run.model, run.figures, run.notebooks):
+        sub.mkdir()
+    run.config_file.write_text(to_yaml(cfg), encoding="utf-8")
+    write_json(run.manifest_file, manifest(cfg))
+    return run
+
+
+def open_run(run_dir: str | Path | None, params_file: str | Path | None = None,
+             overrides: list[str] | dict | None = None, create: bool = False) -> tuple[Run, Config]:
+    """The notebooks' entry point: the run in run_dir, else a new one (create=True, stage 01),
+    else the newest run of params_file's experiment (so a later stage can be rerun by hand)."""
+    if run_dir:
+        run = Run(_repo_path(run_dir))
+        if not run.config_file.is_file():
+            raise ConfigError(f"{run.dir} is not a run folder (no config.yaml); run stage 01 first or leave run_dir empty")
+        return run, run.config()
+    cfg = load_config(_repo_path(params_file) if params_file else None, overrides)
+    if create:
+        return create_run(cfg), cfg
+    runs = sorted(Path(paths.REPORTS).glob(f"{cfg.experiment.name}-*/config.yaml"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise ConfigError(f"no run of experiment {cfg.experiment.name!r} under {paths.REPORTS}; run 01-explore-data first")
+    run = Run(runs[-1].parent)
+    return run, run.config()
+
+
+def _repo_path(p: str | Path) -> Path:
+    """A path as given if it exists from here, else relative to the repo (notebooks run in notebooks/)."""
+    p = Path(p)
+    return p if p.is_absolute() or p.exists() else paths.ROOT / p
+
+
+def manifest(cfg: Config) -> dict[str, Any]:
+    """What a reader needs to reproduce the run: commit, versions, seed, machine."""
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "experiment": cfg.experiment.name,
+        "task": cfg.experiment.task,
+        "seed": cfg.experiment.seed,
+        "created": datetime.now().isoformat(timespec="seconds"),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain")),
+        "python": platform.python_version(),
+        "packages": versions,
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpus": os.cpu_count(), "gpu": _gpu_name()},
+        "stages": {},
+    }
+
+
+def _git(*args: str) -> str | None:
+    """Output of a git command in the repo, or None outside a checkout."""
+    try:
+        out = subprocess.run(["git", *args], cwd=paths.ROOT, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def _gpu_name() -> str | None:
+    """The CUDA device's name, if there is one."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    """A JSON file's content, or default when it does not exist."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else default
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (a killed run never leaves half a file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _jsonable(obj: Any) -> Any:
+    """numpy scalars and arrays, paths: as plain JSON values."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+def record_metrics(run: Run, stage: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Merge a stage's figures into metrics.json under the stage's key; returns them."""
+    allm = read_json(run.metrics_file, {})
+    allm[stage] = {**allm.get(stage, {}), **metrics}
+    write_json(run.metrics_file, allm)
+    return allm[stage]
+
+
+def record_stage(run: Run, stage: str, **info: Any) -> None:
+    """Add a stage's wall time and status to the manifest."""
+    m = read_json(run.manifest_file, {})
+    m.setdefault("stages", {})[stage] = {**m.get("stages", {}).get(stage, {}), **info}
+    write_json(run.manifest_file, m)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy, torch and transformers from the one seed."""
+    import torch
+    from transformers import set_seed
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    set_seed(seed)
+
+
+class Timer:
+    """`with Timer() as t: ...; t.seconds`."""
+
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
