@@ -1,0 +1,256 @@
+"""Cleaning: each text rule, each drop rule with its exact reason, the split, and the accounting."""
+import copy
+import json
+
+import pytest
+
+from helpers import clean, config, data, models
+from helpers.config import ConfigError
+
+
+def cfg_for(source, task="chat", **over):
+    """A config on a fixture file, with dotted overrides."""
+    return config.load_config(overrides={"experiment.task": task, "data.source": str(source), **over})
+
+
+@pytest.fixture(scope="module")
+def chat_tok():
+    return models.load_tokenizer(config.load_config(overrides={"experiment.task": "chat"}))
+
+
+@pytest.fixture(scope="module")
+def cls_tok():
+    return models.load_tokenizer(config.load_config(overrides={"experiment.task": "classification"}))
+
+
+def labelled(texts_labels):
+    return [{"id": f"t:{i}", "text": t, "label": l, "source": f"t:{i}"} for i, (t, l) in enumerate(texts_labels)]
+
+
+# ---------------------------------------------------------------- text rules
+
+def test_mojibake_is_repaired_but_stray_bytes_are_not_guessed():
+    assert clean.fix_mojibake("cafÃ© â€œquotedâ€\x9d") == "café “quoted”"
+    assert clean.fix_mojibake("itâ\x80\x99s") == "it’s"
+    # lost emoji bytes in the airline tweets: not UTF-8 mojibake, left for control_chars
+    assert clean.fix_mojibake("thanks _\x99\x85ê") == "thanks _\x99\x85ê"
+    assert clean.remove_control_chars("thanks _\x99\x85ê\tok\n") == "thanks _ê\tok\n"
+
+
+def test_html_tags_only_tag_shaped_and_never_in_code():
+    strip = clean.outside_code(clean.strip_html_tags)
+    assert clean.collapse_whitespace(strip("<p>Hi <b>there</b></p>")) == "Hi there"
+    assert strip("a < b and <3 and <EMAIL>") == "a < b and <3 and <EMAIL>"
+    code = "Use:\n```\nrender(<MyComponent />)\n```\nand `<br>` inline"
+    assert strip(code) == code
+
+
+def test_whitespace_collapses_but_keeps_code_and_indentation():
+    text = "Hi   there \n\n\n\nLook:\n```\ndef f():\n    return  1\n```\n   "
+    assert clean.collapse_whitespace(text) == "Hi there\n\nLook:\n```\ndef f():\n    return  1\n```"
+
+
+def test_pii_placeholders_and_what_is_not_pii():
+    text = ("mail jane.doe@example.com or call (555) 123-4567 / +44 20 7946 0958 / 1-800-433-7300, "
+            "card 4111 1111 1111 1111, ip 10.0.0.1, @jane_d")
+    assert clean.scrub_pii(text, list(clean.PLACEHOLDERS)) == (
+        "mail <EMAIL> or call <PHONE> / <PHONE> / <PHONE>, card <CARD>, ip <IP>, <USER>")
+    kept = "claim #3526665682, 99.99999999% sure, order 4111111111111112, v1.2.3.4.5, at 10:15"
+    assert clean.scrub_pii(kept, list(clean.PLACEHOLDERS)) == kept
+    assert clean.scrub_pii("@united hi", ["email", "phone", "card", "ip"]) == "@united hi"  # default: handles kept
+
+
+def test_terminology_whole_words_any_case():
+    assert clean.apply_terminology("E-mail me; my e-mails and WiFi", {"e-mail": "email", "wifi": "Wi-Fi"}) == \
+        "email me; my e-mails and Wi-Fi"
+
+
+def test_stopword_removal_keeps_negations():
+    assert clean.remove_stopwords("The flight was not on time and it is never good") == "flight not time never good"
+
+
+def test_lowercase_for_chat_is_refused():
+    with pytest.raises(ConfigError, match="classification only"):
+        clean.text_rules(config.load_config(overrides={"clean.lowercase": True}))
+
+
+def test_normalize_every_chat_turn_counts_changes_and_leaves_input_alone():
+    rows = [{"id": "a", "source": "a", "topic": "", "messages": [
+        {"role": "system", "content": "Be  brief."},
+        {"role": "user", "content": "Q&amp;A for ｆｕｌｌ width? mail me at a@b.com"},
+        {"role": "assistant", "content": "<b>Sure</b>."}]},
+        {"id": "b", "source": "b", "topic": "", "messages": [
+            {"role": "user", "content": "fine"}, {"role": "assistant", "content": "ok"}]}]
+    before = copy.deepcopy(rows)
+    ledger = clean.Ledger.of(rows)
+    out = clean.normalize(rows, config.load_config(), ledger)
+    assert rows == before
+    assert [m["content"] for m in out[0]["messages"]] == ["Be brief.", "Q&A for full width? mail me at <EMAIL>", "Sure ."]
+    assert out[1] == rows[1]
+    assert dict(ledger.changed) == {"html_tags": 1, "html_entities": 1, "unicode": 1, "pii": 1, "whitespace": 1}
+
+
+# ---------------------------------------------------------------- drop rules
+
+def test_too_long_chats_dropped_with_reason_and_raw_as_loaded(chat_tok):
+    cfg = config.load_config(overrides={"model.max_length": 40})
+    short = {"id": "s", "source": "f:1", "topic": "", "messages": [{"role": "user", "content": "Hi"},
+                                                                   {"role": "assistant", "content": "Hello!"}]}
+    long = {"id": "l", "source": "f:2", "topic": "", "messages": [{"role": "user", "content": "Tell me a story. " * 10},
+                                                                  {"role": "assistant", "content": "Once upon a time."}]}
+    ledger = clean.Ledger.of([short, long])
+    kept = clean.filter_rows([short, long], cfg, chat_tok, ledger)
+    assert kept == [short]
+    (rej,) = ledger.rejects
+    assert set(rej) == {"source", "rule", "reason", "raw"}
+    assert rej["source"] == "f:2" and rej["rule"] == "too_long"
+    assert rej["reason"].startswith("too long, would be truncated: ") and rej["reason"].endswith(
+        "tokens > 40 (clean.max_tokens, default model.max_length)")
+    assert json.loads(rej["raw"]) == long
+
+
+def test_too_short_and_noisy(cls_tok):
+    rows = labelled([("ok fine", "a"), ("", "a"), ("!!!! 1234 ####", "b")])
+    cfg = config.load_config(overrides={"experiment.task": "classification", "clean.min_chars": 1,
+                                        "clean.max_symbol_share": 0.5})
+    ledger = clean.Ledger.of(rows)
+    assert clean.filter_rows(rows, cfg, cls_tok, ledger) == rows[:1]
+    assert [(r["rule"], r["reason"]) for r in ledger.rejects] == [
+        ("too_short", "the text has 0 characters after cleaning (clean.min_chars: 1)"),
+        ("noisy", "100% of its characters are not letters (clean.max_symbol_share: 0.5)")]
+
+
+def test_classification_keeps_long_texts_unless_max_tokens_is_set(cls_tok):
+    rows = labelled([("word " * 100, "a"), ("short", "a")])
+    base = {"experiment.task": "classification", "model.max_length": 16}
+    assert clean.filter_rows(rows, config.load_config(overrides=base), cls_tok, clean.Ledger.of(rows)) == rows
+    ledger = clean.Ledger.of(rows)
+    cfg = config.load_config(overrides={**base, "clean.max_tokens": 16})
+    assert clean.filter_rows(rows, cfg, cls_tok, ledger) == rows[1:]
+    assert ledger.rejects[0]["reason"] == "too long: 102 tokens > 16 (clean.max_tokens, default model.max_length)"
+
+
+def test_exact_duplicates_and_label_conflicts():
+    rows = labelled([("Great crew!", "pos"), ("great  CREW!", "pos"), ("Gate C4.", "neu"), ("gate c4.", "pos"),
+                     ("Late again", "neg")])
+    ledger = clean.Ledger.of(rows)
+    assert [r["id"] for r in clean.dedup_exact(rows, ledger)] == ["t:0", "t:4"]
+    assert [(r["source"], r["rule"], r["reason"]) for r in ledger.rejects] == [
+        ("t:1", "duplicate", "exact duplicate of t:0"),
+        ("t:2", "label_conflict", "the same text is labelled ['neu', 'pos'] (also at t:3); fix the labels in the source file"),
+        ("t:3", "label_conflict", "the same text is labelled ['neu', 'pos'] (also at t:2); fix the labels in the source file")]
+
+
+def test_near_duplicates_dropped_keeping_the_first():
+    rows = labelled([("@united thank you so much!", "pos"), ("@united thank you so much.", "neu"),
+                     ("my bag never arrived in Boston", "neg")])
+    ledger = clean.Ledger.of(rows)
+    cfg = config.load_config(overrides={"experiment.task": "classification"})
+    assert [r["id"] for r in clean.dedup_near(rows, cfg, ledger)] == ["t:0", "t:2"]
+    (rej,) = ledger.rejects
+    assert rej["rule"] == "near_duplicate" and rej["reason"].startswith("near-duplicate of t:0 (similarity 0.")
+    assert rej["reason"].endswith(">= 0.85); labels differ (pos vs neu)")
+
+
+def test_similar_rows_share_a_group_and_a_split():
+    texts = [f"my bag number {i} never arrived at the airport in Boston today" for i in range(6)]
+    others = ["Great crew today", "Is wifi free on board?", "Lovely snacks", "Gate changed to C4",
+              "Seats were comfy", "Landed early, thanks", "Where is my refund", "Boarding at ten"]
+    rows = labelled([(t, "neg") for t in texts] + [(t, "pos") for t in others])
+    groups = clean.similarity_groups(rows, 0.6, seed=1)
+    assert len(set(groups[:6])) == 1 and len(set(groups)) == 1 + len(others)
+    cfg = config.load_config(overrides={"experiment.task": "classification"})
+    with pytest.warns(UserWarning, match="not stratified"):  # one 'neg' group: cannot be in every split
+        splits = clean.split_rows(rows, cfg, groups)
+    holding = [name for name, part in splits.items() if any("bag" in r["text"] for r in part)]
+    assert len(holding) == 1
+
+
+# ---------------------------------------------------------------- split
+
+def test_stratified_split_exact_sizes(fixtures):
+    cfg = cfg_for(fixtures / "labels.csv", "classification",
+                  **{"data.split": {"validation": 0.25, "test": 0.25}})
+    rows = data.load(cfg).rows
+    splits = clean.split_rows(rows, cfg)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 6, "validation": 3, "test": 3}
+    for name in ("validation", "test"):  # 3 rows over 3 labels: one of each
+        assert sorted(r["label"] for r in splits[name]) == ["negative", "neutral", "positive"]
+    assert sorted(r["id"] for p in splits.values() for r in p) == sorted(r["id"] for r in rows)
+
+
+def test_support_chats_split_28_6_6_seeded():
+    cfg = config.load_config("params/smoke.yaml", {"clean.max_tokens": 10_000, "clean.group_threshold": None})
+    rows = data.load(cfg).rows
+    splits, ledger = clean.clean_all(rows, cfg, models.load_tokenizer(cfg))
+    assert {k: len(v) for k, v in splits.items()} == {"train": 28, "validation": 6, "test": 6}
+    again, _ = clean.clean_all(rows, cfg, models.load_tokenizer(cfg))
+    assert again == splits
+    other, _ = clean.clean_all(rows, config.load_config("params/smoke.yaml", {
+        "clean.max_tokens": 10_000, "clean.group_threshold": None, "experiment.seed": 7}), models.load_tokenizer(cfg))
+    assert [r["id"] for r in other["test"]] != [r["id"] for r in splits["test"]]
+
+
+def test_too_few_rows_is_a_clear_error():
+    cfg = config.load_config(overrides={"experiment.task": "classification"})
+    with pytest.raises(data.DataError, match="only 2 rows .* left after cleaning"):
+        clean.split_rows(labelled([("a b", "x"), ("c d", "y")]), cfg)
+
+
+# ---------------------------------------------------------------- balance and accounting
+
+def imbalanced():
+    return labelled([(f"bad flight number {w}", "neg") for w in "abcdefgh"] +
+                    [(f"great crew member {w}", "pos") for w in "ab"])
+
+
+def test_oversample_equalizes_train_and_counts_added():
+    cfg = config.load_config(overrides={"experiment.task": "classification", "clean.balance": "oversample"})
+    rows = imbalanced()
+    ledger = clean.Ledger.of(rows)
+    out = clean.balance(rows, cfg, ledger)
+    assert [r["label"] for r in out].count("pos") == 8 and len(out) == 16
+    assert len({r["id"] for r in out}) == 16 and ledger.added == {"oversample": 6}
+    clean.accounting(ledger, {"train": out, "validation": [], "test": []})  # copies do not break the books
+
+
+def test_undersample_rejects_with_reason_and_reconciles():
+    cfg = config.load_config(overrides={"experiment.task": "classification", "clean.balance": "undersample"})
+    rows = imbalanced()
+    ledger = clean.Ledger.of(rows)
+    out = clean.balance(rows, cfg, ledger)
+    assert sorted(r["label"] for r in out) == ["neg", "neg", "pos", "pos"]
+    assert ledger.dropped() == {"undersample": 6}
+    assert ledger.rejects[0]["reason"] == "label 'neg' undersampled to 2 training rows (clean.balance: undersample)"
+    table = clean.accounting(ledger, {"train": out, "validation": [], "test": []})
+    assert table.set_index("step").loc["kept", "rows"] == 4
+
+
+def test_class_weights_balanced():
+    assert clean.class_weights(imbalanced()) == {"neg": 0.625, "pos": 2.5}
+
+
+def test_accounting_catches_a_lost_row():
+    rows = imbalanced()
+    ledger = clean.Ledger.of(rows)
+    with pytest.raises(AssertionError, match="10 input rows != 9 kept \\+ 0 dropped"):
+        clean.accounting(ledger, {"train": rows[:9], "validation": [], "test": []})
+
+
+def test_clean_all_reconciles_on_bad_labels(fixtures, cls_tok):
+    cfg = cfg_for(fixtures / "labels.csv", "classification", **{"data.split": {"validation": 0.25, "test": 0.25}})
+    rows = data.load(cfg).rows
+    rows = rows + [dict(rows[0], id="dup", source="dup")]  # one exact duplicate
+    splits, ledger = clean.clean_all(rows, cfg, cls_tok)
+    m = clean.metrics(ledger, splits)
+    assert m["input"] == 13 and m["kept"] == 12 and m["dropped"] == {"duplicate": 1}
+    assert m["input"] == m["kept"] + sum(m["dropped"].values())
+    assert m["splits"] == {"train": 6, "validation": 3, "test": 3}
+    assert m["labels"]["test"] == {"negative": 1, "neutral": 1, "positive": 1}
+    assert m["class_weights"] == {"negative": 1.0, "neutral": 1.0, "positive": 1.0}
+
+
+def test_duplicate_ids_are_refused():
+    rows = labelled([("a", "x")]) * 2
+    with pytest.raises(data.DataError, match="row ids must be unique"):
+        clean.Ledger.of(rows)

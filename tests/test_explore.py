@@ -1,0 +1,137 @@
+"""Exploration: counts, warnings, token lengths under the chat template, words, topics, duplicates, noise."""
+import pandas as pd
+import pytest
+
+from helpers import chat, config, data, explore, models
+
+
+@pytest.fixture(scope="module")
+def chat_cfg():
+    return config.load_config(overrides={"experiment.task": "chat", "model.max_length": 64})
+
+
+@pytest.fixture(scope="module")
+def tok(chat_cfg):
+    return models.load_tokenizer(chat_cfg)
+
+
+def chat_row(i, user, answer, topic=""):
+    return {"id": f"c:{i}", "source": f"c:{i}", "topic": topic,
+            "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
+
+
+def test_summary_counts_set_aside_rows_per_rule(fixtures):
+    cfg = config.load_config(overrides={"data.source": str(fixtures / "chat_bad.jsonl")})
+    loaded = data.load(cfg)
+    assert explore.summary(loaded, cfg) == {"task": "chat", "source": str(fixtures / "chat_bad.jsonl"), "rows": 2,
+                                            "set_aside": 6, "set_aside_by_rule": {"json": 1, "schema": 5}}
+    table = explore.problems_table(loaded.problems)
+    assert list(table.columns) == ["source", "rule", "reason"]
+    assert table.iloc[3].tolist() == ["chat_bad.jsonl:5", "schema", "message 1 (assistant) has empty content"]
+
+
+def test_row_warnings_name_each_finding():
+    rows = [chat_row(0, "caf\ufffd?", "Yes."), chat_row(1, "I", "n"), chat_row(2, "Same?", "same?"),
+            {"id": "c:3", "source": "c:3", "topic": "", "messages": [
+                {"role": "user", "content": "Hi"}, {"role": "user", "content": "Hello?"},
+                {"role": "assistant", "content": "Hi!"}]}]
+    found = explore.row_warnings(rows)
+    assert found[["source", "check"]].values.tolist() == [
+        ["c:0", "replacement_char"], ["c:1", "tiny_turn"], ["c:2", "echo"], ["c:3", "same_role_twice"]]
+    labels = [{"id": str(i), "source": str(i), "text": "t", "label": l} for i, l in enumerate(["positive", "Positive"])]
+    assert explore.row_warnings(labels)["check"].tolist() == ["label_variant", "label_variant"]
+
+
+def test_token_lengths_use_the_chat_template_and_count_loss_tokens(tok):
+    rows = [chat_row(0, "Hi", "Hello!"), chat_row(1, "Tell me a story. " * 10, "Once upon a time.")]
+    lengths = explore.token_lengths(rows, tok)
+    enc = [chat.encode(tok, r["messages"], 10_000) for r in rows]
+    assert lengths["tokens"].tolist() == [len(e.input_ids) for e in enc]
+    assert lengths["loss_tokens"].tolist() == [e.n_loss_tokens for e in enc]
+    stats = explore.length_stats(lengths, 64)
+    assert stats["over_max_length"] == 1 and stats["over_max_length_share"] == 0.5
+    assert stats["tokens_max"] == len(enc[1].input_ids)
+
+
+def test_epoch_tokens_cap_at_max_length_and_scale_by_train_share():
+    cfg = config.load_config(overrides={"model.max_length": 100, "tune.batch_size": 2,
+                                        "data.split": {"validation": 0.1, "test": 0.1}})
+    lengths = pd.DataFrame({"tokens": [50, 150, 100, 20, 80] * 2, "loss_tokens": [10] * 10})
+    assert explore.epoch_tokens(lengths, cfg) == {"train_rows_estimate": 8, "tokens_per_epoch": 560,
+                                                  "steps_per_epoch": 4, "loss_tokens_per_epoch": 80}
+    assert explore.epoch_seconds(560, 0.01) == 5.6
+
+
+def test_render_example_brackets_the_answer_and_fails_on_an_empty_mask(tok):
+    row = chat_row(0, "Capital of France?", "Paris.")
+    shown = explore.render_example(tok, row, 64)
+    assert "[[Paris." in shown and "Capital of France?" in shown.split("[[")[0]
+    with pytest.raises(ValueError, match="no token carries the loss"):
+        explore.render_example(tok, chat_row(1, "word " * 100, "Paris."), 64)
+
+
+def test_pick_example_prefers_one_that_fits():
+    rows = [chat_row(0, "a", "b"), chat_row(1, "c", "d")]
+    assert explore.pick_example(rows, pd.DataFrame({"tokens": [90, 30]}), 64) is rows[1]
+
+
+def test_ngrams_drop_stop_words_keep_negations_and_handles():
+    texts = ["@united the flight was not on time", "The flight was late, not good", "late flight again"]
+    uni = explore.top_ngrams(texts, 1, 3)
+    assert uni.values.tolist() == [["flight", 3], ["late", 2], ["not", 2]]  # ties alphabetical
+    assert explore.words_text({"text": "@united see https://t.co/x &amp; mail a@b.com"}).split() == ["see", "&", "mail"]
+    bi = explore.top_ngrams(texts, 2, 1)
+    assert bi.values.tolist() == [["flight late", 1]]  # pairs form after stop words are gone
+
+
+def test_group_views_by_label():
+    rows = [{"id": str(i), "source": str(i), "text": t, "label": l} for i, (t, l) in enumerate(
+        [("late flight again", "neg"), ("late bags", "neg"), ("great crew", "pos")])]
+    assert explore.group_key(rows) == "label" and explore.top_groups(rows, 1) == ["neg"]
+    assert explore.group_sizes(rows, "label").values.tolist() == [["neg", 2, 0.667], ["pos", 1, 0.333]]
+    freqs = explore.frequencies_by_group(rows, ["neg", "pos"])
+    assert freqs["label: neg"] == {"late": 2, "flight": 1, "bags": 1} and freqs["label: pos"] == {"great": 1, "crew": 1}
+    assert explore.ngrams_by_group(rows, ["neg"], 1, 2)["neg"].tolist() == ["late (2)", "bags (1)"]
+
+
+def test_topics_separate_clear_themes():
+    texts = (["refund my payment charge"] * 4 + ["password login account reset"] * 4
+             + ["parcel tracking shipping late"] * 4 + ["the and of"])  # the last: stop words only, no topic
+    table, assigned = explore.topics(texts, 3, 3, seed=0)
+    assert table["rows"].tolist() == [4, 4, 4, 1] and table["topic"].tolist() == [0, 1, 2, -1]
+    assert [len(set(assigned[i:i + 4])) for i in (0, 4, 8)] == [1, 1, 1] and len(set(assigned)) == 4
+    refund = table.set_index("topic")["top_words"][assigned[0]]
+    assert set(refund.split(", ")) == {"refund", "payment", "charge"}
+
+
+def test_near_duplicates_pairs_skip_exact_copies():
+    rows = [chat_row(0, "Thank you so much!", "You're welcome."), chat_row(1, "thank you so much.", "You're welcome."),
+            chat_row(2, "Thank you so much!", "You're welcome."), chat_row(3, "Where is my bag?", "At the desk.")]
+    assert explore.exact_duplicates(rows) == 1
+    pairs = explore.near_duplicates(rows, 0.6, seed=0)
+    assert pairs[["source_a", "source_b"]].values.tolist() == [["c:0", "c:1"]]
+    assert pairs["similarity"][0] == 0.714
+
+
+def test_length_outliers_outside_tukey_fences():
+    rows = [{"id": str(i), "source": str(i), "text": "x", "label": "a"} for i in range(8)]
+    lengths = pd.DataFrame({"tokens": [10, 11, 12, 10, 11, 12, 11, 80]})
+    out = explore.length_outliers(rows, lengths, 1.5)
+    assert out["source"].tolist() == ["7"] and out["fences"][0] == "[9, 14]"  # Q1 10.75, Q3 12
+
+
+def test_noise_indicator_shares():
+    rows = [{"id": str(i), "source": str(i), "text": t, "label": "a"} for i, t in enumerate([
+        "see https://t.co/x", "<b>bold</b> &amp; call 555-123-4567", "caf\u00c3\u00a9 at @jetblue", "plain text"])]
+    noise = explore.noise_indicators(rows, 1).set_index("indicator")
+    assert noise["rows"].to_dict() == {"url": 1, "html_tag": 1, "html_entity": 1, "email": 0, "phone": 1,
+                                       "@handle": 1, "non_ascii": 1, "control_chars": 0, "mojibake": 1}
+    assert noise.loc["url", "share"] == 0.25 and noise.loc["url", "examples"] == "see https://t.co/x"
+    assert noise.loc["phone", "examples"] == "<b>bold</b> &amp; call 555-123-4567"
+
+
+def test_figures_build():
+    lengths = pd.DataFrame({"tokens": [10, 20, 30, 40]})
+    assert explore.length_histogram(lengths, 32, "t").axes[0].get_title() == "t"
+    fig = explore.wordcloud_figure({"all rows": {"late": 3, "flight": 2}, "label: neg": {"late": 1}, "empty": {}}, 10, 0)
+    assert [a.get_title() for a in fig.axes if a.get_title()] == ["all rows", "label: neg"]
