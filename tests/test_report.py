@@ -1,0 +1,139 @@
+"""report.html and reports/index.html: self-contained, escaped, complete; checked in a real browser."""
+import json
+import re
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+
+from helpers import artifacts, plots, report, runs
+from helpers.config import load_config
+
+CHAT_METRICS = {"task": "chat", "examples": 6, "tokens": 349, "perplexity_base": 22.0, "perplexity_tuned": 11.0,
+                "perplexity_base_ci": [18.0, 26.0], "perplexity_tuned_ci": [9.0, 13.0],
+                "perplexity_change_pct": -50.0, "perplexity_change_ci": [-55.0, -45.0],
+                "quality": {"answers": 2, "rougeL_base": 0.1, "rougeL_tuned": 0.3}}
+CLS_METRICS = {"task": "classification", "examples": 45, "accuracy": 0.8, "accuracy_ci": [0.7, 0.9],
+               "macro_f1": 0.7, "macro_f1_ci": [0.6, 0.8], "macro_auc": 0.9, "macro_auc_ci": [0.85, 0.95],
+               "baseline_accuracy": 0.6, "baseline_macro_f1": 0.5, "baseline_macro_auc": 0.7}
+
+
+def make_run(params: str, evaluate: dict, overrides: dict | None = None) -> runs.Run:
+    """A run folder with one artifact of each kind, stage timings and evaluation metrics."""
+    run = runs.create_run(load_config(params, overrides))
+    fig, ax = plots.plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    artifacts.figure(run, "tune", "loss", fig, "Training loss per step")
+    artifacts.table(run, "evaluate", "summary", pd.DataFrame({"model": ["tuned", "<b>base</b>"], "score": [0.81234, 0.5]}),
+                    "Scores")
+    artifacts.note(run, "clean", "finding", "Dropped **2** rows with <script>alert(1)</script> in them.")
+    runs.record_stage(run, "04-tune-model", seconds=12.5, status="ok")
+    runs.record_stage(run, "05-evaluate-model", seconds=3.0, status="ok")
+    runs.record_metrics(run, "evaluate", evaluate)
+    return run
+
+
+@pytest.fixture
+def chat_run(reports):
+    return make_run("params/smoke.yaml", CHAT_METRICS)
+
+
+def test_report_is_one_self_contained_escaped_page(chat_run):
+    page = report.render_run(chat_run).read_text()
+    assert page.count("data:image/png;base64,") == 1 and "Training loss per step" in page
+    assert "<script" not in page and not re.search(r'(src|href)="(https?:)?//', page)  # nothing external
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<strong>2</strong>" in page  # markdown, raw HTML as text
+    assert "&lt;b&gt;base&lt;/b&gt;" in page and ">0.812<" in page
+    for anchor in ("headline", "run", "clean", "tune", "evaluate"):
+        assert f'href="#{anchor}"' in page and f'id="{anchor}"' in page
+    assert "@media print" in page and "break-inside:avoid" in page
+
+
+def test_report_shows_manifest_params_diff_and_timings(chat_run):
+    page = report.render_run(chat_run).read_text()
+    assert "data.source" in page and "&quot;support&quot;" in page and "&quot;chatterbot&quot;" in page
+    assert "git commit" in page and "transformers" in page
+    assert "04-tune-model" in page and "12.5" in page
+    assert "Training <span class=\"muted\">(12.5 s, ok)</span>" in page
+
+
+def test_headline_cards_by_hand():
+    chat = dict((k, (v, d)) for k, v, d in report.headline({"evaluate": CHAT_METRICS}))
+    value, detail = chat["perplexity base → tuned"]
+    assert value == '22 → <span class="good">11</span>' and detail.startswith("-50.0%; 95% CI -55.0% to -45.0%")
+    assert chat["ROUGE-L base → tuned"][0] == '0.1 → <span class="good">0.3</span>'
+    cls = dict((k, (v, d)) for k, v, d in report.headline({"evaluate": CLS_METRICS}))
+    assert cls["accuracy"] == ("0.8", "95% CI 0.700 – 0.900; baseline 0.6")
+    assert report.headline({}) == []
+
+
+def test_fmt_reads_well():
+    assert [report.fmt(v) for v in (3.0, 0.81234, 2e-4, float("nan"), None, "x")] == ["3", "0.812", "0.0002", "", "", "x"]
+
+
+def test_index_lists_runs_with_metrics_links_and_changes(reports):
+    chat = make_run("params/smoke.yaml", CHAT_METRICS)
+    cls = make_run("params/smoke-sentiment.yaml", CLS_METRICS, {"tune.learning_rate": 1e-4})
+    report.render_run(cls)
+    page = report.write_index(reports).read_text()
+    assert f'href="{cls.dir.name}/report.html"' in page and f'href="{chat.dir.name}/report.html"' not in page
+    assert 'data-sort="0.8"' in page and 'data-sort="-50.0"' in page
+    assert "tune.learning_rate: 0.0001" in page
+    data = json.loads(re.search(r'<script type="application/json" id="runs-data">(.*?)</script>', page, re.S).group(1))
+    assert {d["run"] for d in data} == {chat.dir.name, cls.dir.name}
+    assert data[0]["run"] == cls.dir.name  # newest first
+
+
+def test_index_survives_an_unreadable_config(reports):
+    run = make_run("params/smoke.yaml", CHAT_METRICS)
+    run.config_file.write_text("experiment: {name: x, colour: blue}\n")  # a key this version does not know
+    page = report.write_index(reports).read_text()
+    assert run.dir.name in page
+    assert "cannot be read" in report.render_run(run).read_text()
+
+
+def test_command_line_rebuilds_the_index(reports, capsys):
+    make_run("params/smoke.yaml", CHAT_METRICS)
+    assert report.main(["--index", "--reports", str(reports)]) == 0
+    assert (reports / "index.html").is_file() and "index.html" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- in a real browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium) "
+                                                             "to load the pages in a headless browser")
+
+
+def headless(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """Run headless Chromium offline with a throwaway profile."""
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+@needs_browser
+def test_report_renders_and_prints_in_chromium(chat_run, tmp_path):
+    page = report.render_run(chat_run)
+    shot, pdf = tmp_path / "report.png", tmp_path / "report.pdf"
+    headless(tmp_path, "--hide-scrollbars", "--window-size=1100,1400", f"--screenshot={shot}", page.as_uri())
+    headless(tmp_path, "--no-pdf-header-footer", f"--print-to-pdf={pdf}", page.as_uri())
+    from PIL import Image
+
+    img = Image.open(shot).convert("L")
+    assert img.size == (1100, 1400) and img.getextrema()[0] < 100  # dark text was drawn on the white page
+    assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 20_000  # the embedded figure made it into print
+
+
+@needs_browser
+def test_index_script_runs_and_compares_two_runs_in_chromium(reports, tmp_path):
+    a = make_run("params/smoke.yaml", CHAT_METRICS)
+    b = make_run("params/smoke.yaml", CHAT_METRICS, {"tune.learning_rate": 1e-4})
+    index = report.write_index(reports)
+    dom = headless(tmp_path, "--dump-dom", f"{index.as_uri()}#compare={a.dir.name},{b.dir.name}").stdout
+    assert 'data-ready="yes"' in dom  # the inline script ran to the end without an error
+    compare = dom[dom.index('id="compare"'):dom.index('id="runs-data"')]
+    assert "param: tune.learning_rate" in compare and "0.0002" in compare and "0.0001" in compare
+    assert "param: data.source" not in compare  # only what differs between the two runs
