@@ -145,9 +145,9 @@ def _json_lines(path: Path, out: Loaded) -> Iterator[tuple[str, Any]]:
                             f"re-save the file as UTF-8", raw.decode("latin-1"))
                 continue
             try:
-                yield src, json.loads(line)
+                yield src, json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
-                out.problem(src, "json", f"invalid JSON: {e.msg} at column {e.colno}", line)
+                out.problem(src, "json", f"invalid JSON ({e.msg}, column {e.colno}); is the line cut short?", line)
 
 
 def _read_chat_jsonl(path: Path, cfg: Config) -> Loaded:
@@ -267,6 +267,11 @@ def load_chatterbot(cfg: Config) -> Loaded:
             continue
         doc = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
         for c, conv in enumerate(doc.get("conversations", [])):
+            if not isinstance(conv, list) or not all(isinstance(s, str) for s in conv):
+                # trivia.yml #13 is one string: iterating it would make one-letter "turns".
+                out.problem(f"chatterbot/{file.name}#{c}", "schema",
+                            "a conversation must be a list of statements (strings)", conv)
+                continue
             for i in range(1, len(conv)):
                 src = f"chatterbot/{file.name}#{c}.{i}"
                 msgs = [{"role": "user", "content": conv[i - 1]}, {"role": "assistant", "content": conv[i]}]

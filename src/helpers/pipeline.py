@@ -1,0 +1,130 @@
+"""Run the six notebooks headless with Papermill into one run folder per experiment.
+
+    python -m helpers.pipeline --params params/chat-faq.yaml [--set tune.max_steps=10 ...]
+    python -m helpers.pipeline --bundled          # the bundled chat and classification runs
+    python -m helpers.pipeline --resume reports/chat-faq-20261121-101500
+
+A failing notebook stops the run with exit code 1, naming the notebook and the cell; the
+partly executed notebook stays in the run folder. --resume reruns the stages that did not
+finish (the tune stage continues from its last checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import paths
+from .config import ConfigError, load_config
+from .runs import Run, create_run, read_json, record_stage
+
+NOTEBOOKS = ["01-explore-data", "02-clean-data", "03-augment-data", "04-tune-model",
+             "05-evaluate-model", "06-visualize-results"]
+BUNDLED = ["params/chat-faq.yaml", "params/sentiment-airline.yaml"]
+KERNEL = "tunebook"  # registered by `make env`; JupyterLab uses the same kernel
+
+
+class StageFailed(RuntimeError):
+    """A notebook raised; the message names the notebook and the cell."""
+
+
+def run_notebook(run: Run, name: str) -> float:
+    """Execute one notebook into the run folder, then render it to HTML; returns seconds."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    out = run.notebooks / f"{name}.ipynb"
+    start = time.perf_counter()
+    record_stage(run, name, status="running")
+    try:
+        pm.execute_notebook(str(paths.NOTEBOOKS / f"{name}.ipynb"), str(out), kernel_name=KERNEL,
+                            parameters={"run_dir": str(run.dir.resolve())}, cwd=str(paths.NOTEBOOKS),
+                            progress_bar=False, log_output=False)
+    except PapermillExecutionError as e:
+        seconds = time.perf_counter() - start
+        record_stage(run, name, status="failed", seconds=round(seconds, 1), error=f"{e.ename}: {e.evalue}")
+        _to_html(out)
+        first = (e.source or "").strip().splitlines()[:1]
+        raise StageFailed(f"{name}.ipynb failed in cell {e.cell_index} ({first[0] if first else ''!r}...): "
+                          f"{e.ename}: {e.evalue}\n  the partly executed notebook: {out}") from None
+    seconds = time.perf_counter() - start
+    record_stage(run, name, status="ok", seconds=round(seconds, 1))
+    _to_html(out)
+    return seconds
+
+
+def _to_html(notebook: Path) -> None:
+    """The executed notebook as HTML beside it (code shown: it is the record of the stage)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    if notebook.is_file():
+        body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+        notebook.with_suffix(".html").write_text(body, encoding="utf-8")
+
+
+def run_experiment(params_file: str | None, overrides: list[str], resume: str | None = None,
+                   stages: list[str] | None = None) -> Run:
+    """Create (or resume) a run folder and execute the notebooks in order."""
+    if resume:
+        run = Run(Path(resume))
+        if not run.config_file.is_file():
+            raise ConfigError(f"--resume {resume}: not a run folder (no config.yaml)")
+        done = {k for k, v in read_json(run.manifest_file, {}).get("stages", {}).items() if v.get("status") == "ok"}
+    else:
+        run, done = create_run(load_config(params_file, overrides)), set()
+    print(f"run folder: {run.dir}", flush=True)
+    for name in stages or NOTEBOOKS:
+        if name in done:
+            print(f"  {name}: done before, skipped", flush=True)
+            continue
+        print(f"  {name} ...", end="", flush=True)
+        seconds = run_notebook(run, name)
+        print(f" {seconds:.0f} s", flush=True)
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: run one experiment, the bundled ones, or resume a run."""
+    p = argparse.ArgumentParser(prog="python -m helpers.pipeline", description=__doc__.split("\n")[0])
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--params", help="params/<experiment>.yaml")
+    g.add_argument("--bundled", action="store_true", help=f"run {' and '.join(BUNDLED)}")
+    g.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run in its own folder")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param, e.g. tune.max_steps=10")
+    p.add_argument("--stages", help="comma-separated notebook names or numbers to run (default: all)")
+    a = p.parse_args(argv)
+    # The kernels inherit this: progress bars would fill the executed notebooks with redraws.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    stages = None
+    if a.stages:
+        stages = [n for n in NOTEBOOKS if any(n == s or n.startswith(s.zfill(2)) for s in a.stages.split(","))]
+    files = BUNDLED if a.bundled else [a.params] if a.params else [None]
+    started, runs = time.perf_counter(), []
+    try:
+        for f in files:
+            runs.append(run_experiment(str(paths.ROOT / f) if a.bundled else f, a.set, a.resume, stages))
+    except (StageFailed, ConfigError) as e:
+        print(f"\nFAILED: {e}", file=sys.stderr)
+        return 1
+    finally:
+        _write_index()
+    print(f"\ndone in {time.perf_counter() - started:.0f} s. Reports:")
+    for r in runs:
+        print(f"  {r.dir / 'report.html'}")
+    print(f"  index of all runs: {paths.REPORTS / 'index.html'}")
+    return 0
+
+
+def _write_index() -> None:
+    """Refresh reports/index.html (even after a failure, so the failed run is listed)."""
+    from . import report
+
+    report.write_index(paths.REPORTS)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

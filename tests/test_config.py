@@ -1,0 +1,89 @@
+"""Config layering, validation messages, and every shipped params file."""
+from pathlib import Path
+
+import pytest
+
+from helpers import paths
+from helpers.config import Config, ConfigError, diff_from_defaults, load_config, to_yaml
+
+PARAMS = sorted((Path(__file__).parents[1] / "params").glob("*.yaml"))
+
+
+def test_defaults_are_valid():
+    cfg = load_config()
+    assert cfg.experiment.seed == 42 and cfg.experiment.task == "chat"
+
+
+@pytest.mark.parametrize("path", PARAMS, ids=lambda p: p.name)
+def test_every_params_file_loads(path):
+    cfg = load_config(path)
+    assert cfg.experiment.name == path.stem or path.stem.startswith("search")
+    assert load_config(path) == cfg  # loading is deterministic
+
+
+@pytest.mark.parametrize("path", PARAMS, ids=lambda p: p.name)
+def test_every_params_file_opens_with_a_header(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# "), f"{path.name} must start with a comment header"
+    assert "make " in path.read_text().split("\n\n")[0] or "Run:" in path.read_text()
+
+
+def test_layers_file_then_overrides(tmp_path):
+    f = tmp_path / "x.yaml"
+    f.write_text("experiment: {name: x}\ntune: {learning_rate: 0.001, max_steps: 5}\n")
+    cfg = load_config(f, ["tune.max_steps=7", "model.max_length=64"])
+    assert (cfg.experiment.name, cfg.tune.learning_rate, cfg.tune.max_steps, cfg.model.max_length) == ("x", 0.001, 7, 64)
+    assert cfg.tune.batch_size == Config().tune.batch_size  # untouched keys keep defaults
+
+
+def test_extends_merges_base_then_child(tmp_path):
+    (tmp_path / "base.yaml").write_text("experiment: {name: base, task: classification}\ntune: {batch_size: 4}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nexperiment: {name: child}\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.experiment.name, cfg.experiment.task, cfg.tune.batch_size) == ("child", "classification", 4)
+
+
+def test_unknown_key_names_key_file_and_known_keys(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("tune:\n  learning_rat: 0.1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    msg = str(e.value)
+    assert "bad.yaml" in msg and "tune.learning_rat: unknown key" in msg and "learning_rate" in msg
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("tune:\n  batch_size: lots\n")
+    with pytest.raises(ConfigError, match=r"tune\.batch_size: .*'lots'"):
+        load_config(f)
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(None, ["tune.max_steps"])
+
+
+def test_splits_must_leave_training_data():
+    with pytest.raises(ConfigError, match="at least 10%"):
+        load_config(None, {"data.split.validation": 0.5, "data.split.test": 0.45})
+
+
+def test_missing_file_and_loop(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "a.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="loops"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_resolved_yaml_round_trips(tmp_path):
+    cfg = load_config(paths.PARAMS / "smoke.yaml")
+    f = tmp_path / "config.yaml"
+    f.write_text(to_yaml(cfg))
+    assert load_config(f) == cfg
+
+
+def test_diff_from_defaults_lists_only_changes():
+    cfg = load_config(None, {"tune.max_steps": 3, "experiment.name": "d"})
+    assert diff_from_defaults(cfg) == {"tune.max_steps": 3, "experiment.name": "d"}

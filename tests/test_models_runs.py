@@ -1,0 +1,58 @@
+"""Bundled models resolve offline; run folders never collide; metrics merge."""
+import json
+import time
+
+import pytest
+
+from helpers import models, paths, runs
+from helpers.config import ConfigError, load_config
+
+
+def test_bundled_chat_model_loads_from_cache_with_template():
+    cfg = load_config()
+    models.resolve("smollm2-135m-instruct")  # converts once if the cache is missing
+    start = time.perf_counter()
+    model = models.load_causal_lm(cfg)
+    tok = models.load_tokenizer(cfg)
+    assert model.config.model_type == "llama" and tok.chat_template
+    assert time.perf_counter() - start < 30  # generous: a sanity bound, the benchmark measures it
+
+
+def test_classifier_has_named_labels():
+    cfg = load_config(None, {"experiment.task": "classification"})
+    clf = models.load_classifier(cfg, ["neg", "pos"])
+    assert clf.config.id2label == {0: "neg", 1: "pos"} and clf.config.num_labels == 2
+
+
+def test_unreachable_hub_id_explains_offline_mode(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = load_config(None, {"model.name_or_path": "no-such-org/no-such-model-xyz"})
+    with pytest.raises(ConfigError, match="Offline runs"):
+        models.load_tokenizer(cfg)
+
+
+def test_local_folder_without_config_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="no config.json"):
+        models.resolve(str(tmp_path))
+
+
+def test_runs_never_overwrite_and_record(reports):
+    cfg = load_config(None, {"experiment.name": "t"})
+    a, b = runs.create_run(cfg, reports), runs.create_run(cfg, reports)
+    assert a.dir != b.dir and a.config() == cfg
+    man = json.loads(a.manifest_file.read_text())
+    assert man["seed"] == 42 and man["packages"]["torch"].startswith("2.13")
+    runs.record_metrics(a, "tune", {"loss": 1.0})
+    runs.record_metrics(a, "tune", {"steps": 3})
+    assert json.loads(a.metrics_file.read_text()) == {"tune": {"loss": 1.0, "steps": 3}}
+
+
+def test_open_run_picks_newest_or_creates(reports):
+    params = paths.PARAMS / "smoke.yaml"
+    with pytest.raises(ConfigError, match="run 01-explore-data first"):
+        runs.open_run("", params)
+    first, _ = runs.open_run("", params, create=True)
+    time.sleep(0.01)
+    second, _ = runs.open_run("", params, create=True)
+    assert runs.open_run("", params)[0].dir == second.dir
+    assert runs.open_run(str(first.dir))[0].dir == first.dir
