@@ -2,7 +2,8 @@
 
 Each stage calls figure() / table() / note(); stage 06 renders the registry
 (`artifacts.json` in the run folder) section by section. Re-running a stage replaces its
-entries with the same name, so a rerun never duplicates a figure.
+entries with the same stage, name and kind, so a rerun never duplicates a figure (a table
+and a figure may share a name: the perplexity table and its chart).
 """
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ STAGES = ["explore", "clean", "augment", "tune", "search", "evaluate"]  # report
 
 
 def _register(run: Run, entry: dict[str, Any]) -> None:
-    """Add or replace (same stage and name) an entry in the run's artifacts.json."""
+    """Add or replace (same stage, name and kind) an entry in the run's artifacts.json."""
     path = run.dir / "artifacts.json"
-    items = [e for e in read_json(path, []) if (e["stage"], e["name"]) != (entry["stage"], entry["name"])]
+    key = (entry["stage"], entry["name"], entry["kind"])
+    items = [e for e in read_json(path, []) if (e["stage"], e["name"], e["kind"]) != key]
     items.append(entry)
     write_json(path, items)
 

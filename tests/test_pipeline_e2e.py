@@ -1,0 +1,69 @@
+"""End to end: the six notebooks through Papermill on the smoke profiles, real bundled models."""
+import json
+import math
+import re
+
+import pandas as pd
+import pytest
+
+from helpers import pipeline
+
+pytestmark = pytest.mark.slow
+
+
+def run_pipeline(params, reports, monkeypatch, *extra):
+    """Run the pipeline CLI into a private reports folder; return the one run folder."""
+    monkeypatch.setenv("TUNEBOOK_REPORTS", str(reports))  # the kernels read it too
+    assert pipeline.main(["--params", params, *extra]) == 0
+    (folder,) = [p for p in reports.iterdir() if p.is_dir()]
+    return folder
+
+
+def artifact(folder, name, kind):
+    entries = json.loads((folder / "artifacts.json").read_text())
+    return next(e for e in entries if e["name"] == name and e["kind"] == kind)
+
+
+def test_chat_smoke_end_to_end(reports, monkeypatch):
+    folder = run_pipeline("params/smoke.yaml", reports, monkeypatch)
+    stages = json.loads((folder / "manifest.json").read_text())["stages"]
+    assert [s for s in pipeline.NOTEBOOKS if stages[s]["status"] == "ok"] == pipeline.NOTEBOOKS
+    for name in pipeline.NOTEBOOKS:  # the executed notebooks and their HTML are the record
+        assert (folder / "notebooks" / f"{name}.html").stat().st_size > 0
+    # Nothing silently lost: every loaded row is kept or rejected with a reason.
+    clean = json.loads((folder / "metrics.json").read_text())["clean"]
+    assert clean["input"] == clean["kept"] + sum(clean["dropped"].values())
+    # The perplexity table: base and tuned, finite, with token counts, and in the report.
+    ppl = pd.read_csv(folder / artifact(folder, "perplexity", "table")["path"])
+    numbers = ppl.select_dtypes("number").to_numpy().ravel()
+    assert len(ppl) >= 1 and numbers.size and all(math.isfinite(x) for x in numbers)
+    m = json.loads((folder / "metrics.json").read_text())["evaluate"]
+    assert math.isfinite(m["perplexity_base"]) and math.isfinite(m["perplexity_tuned"]) and m["tokens"] > 0
+    html = (folder / "report.html").read_text()
+    assert re.search(r"<table.*?[Pp]erplexity", html, re.S)
+    assert html.count("data:image/png;base64,") >= 3  # word cloud, loss curve, perplexity chart...
+    assert 'alt="' in html and "wordcloud" in html.lower().replace(" ", "")
+    assert (folder / "model" / "final" / "model.safetensors").is_file()
+    assert (reports / "index.html").is_file() and folder.name in (reports / "index.html").read_text()
+
+
+def test_classification_smoke_end_to_end(reports, monkeypatch):
+    folder = run_pipeline("params/smoke-sentiment.yaml", reports, monkeypatch)
+    m = json.loads((folder / "metrics.json").read_text())["evaluate"]
+    for key in ("accuracy", "macro_f1", "macro_auc", "baseline_accuracy"):
+        assert 0.0 <= m[key] <= 1.0, key
+    html = (folder / "report.html").read_text()
+    roc = artifact(folder, "roc", "figure")
+    assert (folder / roc["path"]).stat().st_size > 0
+    assert "roc" in html.lower() and "wordcloud" in html.lower().replace(" ", "")
+
+
+def test_failing_stage_names_notebook_and_cell_and_keeps_it(reports, monkeypatch, capsys):
+    monkeypatch.setenv("TUNEBOOK_REPORTS", str(reports))
+    code = pipeline.main(["--params", "params/smoke.yaml", "--set", "data.source=no/such/file.jsonl",
+                          "--stages", "01"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "01-explore-data.ipynb failed in cell" in err and "neither a bundled name" in err
+    (folder,) = [p for p in reports.iterdir() if p.is_dir()]
+    assert (folder / "notebooks" / "01-explore-data.ipynb").is_file()
