@@ -343,6 +343,14 @@ def load_config(params_file: str | Path | None = None, overrides: list[str] | di
         raise ConfigError(_explain(e, origin)) from None
 
 
+def apply_overrides(cfg: Config, overrides: list[str] | dict | None) -> Config:
+    """A resolved config with dotted-key overrides on top, validated like a params file."""
+    try:
+        return Config.model_validate(_deep_merge(cfg.model_dump(mode="json"), parse_overrides(overrides)))
+    except ValidationError as e:
+        raise ConfigError(_explain(e, f"overrides {overrides}")) from None
+
+
 def to_yaml(cfg: Config) -> str:
     """The resolved config as YAML, every key spelled out: what ran."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

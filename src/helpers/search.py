@@ -1,0 +1,317 @@
+"""Hyperparameter search: an Optuna study over any params keys, each trial a short tune.fit.
+
+`search.space` maps dotted params keys to Optuna distributions:
+
+    search:
+      space:
+        tune.learning_rate: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}
+        tune.lora.r: {type: categorical, choices: [4, 8, 16]}
+
+Samplers grid / random / TPE get the one seed; MedianPruner stops hopeless trials at an
+evaluation. The study lives in the run folder (search.db, SQLite) unless search.storage names
+another Optuna storage; several workers on one RDB storage share a study (search.study_name).
+Writes tables/search-trials.csv, the history and importance figures, metrics["search"] and
+search-best.yaml: a full params file (no `extends`) that reruns the best trial.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
+from optuna.trial import TrialState
+from transformers import TrainerCallback
+
+from . import artifacts, plots, runs, tune
+from .config import Config, ConfigError, apply_overrides, to_yaml
+from .runs import Run
+
+STAGE = "search"
+SPEC_KEYS = {"float": {"low", "high", "log", "step"}, "int": {"low", "high", "log", "step"}, "categorical": {"choices"}}
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+# ---------------------------------------------------------------- the space
+
+def parse_space(cfg: Config) -> dict[str, dict[str, Any]]:
+    """search.space checked key by key: a known type, its fields, and values the params accept."""
+    if not cfg.search.space:
+        raise ConfigError("search.space: empty; name at least one params key to search, e.g. "
+                          "tune.learning_rate: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}")
+    space = {}
+    for key, spec in cfg.search.space.items():
+        where = f"search.space.{key}"
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind not in SPEC_KEYS:
+            raise ConfigError(f"{where}: expected {{type: float|int|categorical, ...}}, got {spec!r}")
+        extra = set(spec) - SPEC_KEYS[kind] - {"type"}
+        if extra:
+            raise ConfigError(f"{where}: unknown field(s) {sorted(extra)} for type {kind} "
+                              f"(known: {sorted(SPEC_KEYS[kind])})")
+        values = _check_values(where, kind, spec)
+        for value in values:  # every end of the range must be a valid value of the key
+            try:
+                apply_overrides(cfg, {key: value})
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {value!r} is not usable there:\n{e}") from None
+        space[key] = dict(spec)
+    return space
+
+
+def _check_values(where: str, kind: str, spec: dict) -> list:
+    """The values a spec can produce at its ends (range) or in full (choices); bad specs raise."""
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{where}: categorical needs a non-empty list `choices`")
+        if any(c is not None and not isinstance(c, (bool, int, float, str)) for c in choices):
+            raise ConfigError(f"{where}: choices must be numbers, strings, booleans or null (Optuna stores them)")
+        return choices
+    if "low" not in spec or "high" not in spec:
+        raise ConfigError(f"{where}: {kind} needs `low` and `high`")
+    low, high = spec["low"], spec["high"]
+    number = int if kind == "int" else (int, float)
+    if not isinstance(low, number) or not isinstance(high, number) or isinstance(low, bool) or low > high:
+        raise ConfigError(f"{where}: needs {kind} low <= high, got low={low!r} high={high!r}")
+    if spec.get("log") and (spec.get("step") is not None or low <= 0):
+        raise ConfigError(f"{where}: log scale needs low > 0 and no step")
+    return [low, high]
+
+
+def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One value per searched key, drawn by the trial's sampler."""
+    params = {}
+    for key, spec in space.items():
+        if spec["type"] == "categorical":
+            params[key] = trial.suggest_categorical(key, spec["choices"])
+        elif spec["type"] == "int":
+            params[key] = trial.suggest_int(key, spec["low"], spec["high"], step=spec.get("step") or 1,
+                                            log=bool(spec.get("log")))
+        else:
+            params[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), step=spec.get("step"),
+                                              log=bool(spec.get("log")))
+    return params
+
+
+def grid(space: dict[str, dict[str, Any]]) -> dict[str, list]:
+    """Every value of each key, for the grid sampler: choices, or a range walked by its step."""
+    out = {}
+    for key, spec in space.items():
+        if spec["type"] == "categorical":
+            out[key] = spec["choices"]
+        elif spec.get("step") is None and spec["type"] == "float":
+            raise ConfigError(f"search.space.{key}: the grid sampler needs `choices` or a `step` for a float range")
+        else:
+            step = spec.get("step") or 1
+            n = int(round((spec["high"] - spec["low"]) / step)) + 1
+            out[key] = [spec["low"] + i * step for i in range(n)]
+    return out
+
+
+# ---------------------------------------------------------------- the study
+
+def sampler(cfg: Config, space: dict[str, dict[str, Any]], seed: int) -> optuna.samplers.BaseSampler:
+    """The configured sampler, seeded."""
+    kind = cfg.search.sampler
+    if kind == "grid":
+        return optuna.samplers.GridSampler(grid(space), seed=seed)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def pruner(cfg: Config) -> optuna.pruners.BasePruner:
+    """MedianPruner once two trials finished, never at a trial's first evaluation (too early to judge)."""
+    if not cfg.search.prune:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=cfg.tune.eval_steps + 1)
+
+
+def storage_url(run: Run, cfg: Config) -> str:
+    """search.storage, else an SQLite file in the run folder."""
+    return cfg.search.storage or f"sqlite:///{(run.dir / 'search.db').resolve()}"
+
+
+def open_study(run: Run, cfg: Config, space: dict[str, dict[str, Any]]) -> optuna.Study:
+    """Create the study, or join it when it exists (a rerun or another worker continues it)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our logs say what each trial did
+    study = optuna.create_study(storage=storage_url(run, cfg), study_name=cfg.search.study_name or cfg.experiment.name,
+                                direction=cfg.search.direction, pruner=pruner(cfg), load_if_exists=True)
+    # Seeded by the one seed, shifted by the trials already there, so a continued study does
+    # not redraw the values its first part tried.
+    study.sampler = sampler(cfg, space, cfg.experiment.seed + len(study.trials))
+    return study
+
+
+class PruningCallback(TrainerCallback):
+    """Report the metric to Optuna at each evaluation; stop the trial when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, metric: str):
+        self.trial, self.metric = trial, metric
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if state.global_step == 0 or metrics is None:
+            return  # step 0 is the untrained model: the same for every trial
+        if self.metric not in metrics:
+            raise ConfigError(f"search.metric: {self.metric!r} is not in the evaluation logs "
+                              f"(they have {sorted(k for k in metrics if k.startswith('eval_'))})")
+        self.trial.report(metrics[self.metric], state.global_step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"{self.metric}={metrics[self.metric]:.4f} at step {state.global_step}")
+
+
+def trial_score(history: list[dict], metric: str, direction: str) -> float:
+    """A trial's best value of the metric over its evaluations after step 0."""
+    values = [h[metric] for h in history if metric in h and h.get("step", 0) > 0]
+    if not values:
+        raise ConfigError(f"search.metric: no {metric!r} after step 0; the trial must evaluate at least once "
+                          f"(tune.eval_steps <= the trial's steps, and validation rows)")
+    return min(values) if direction == "minimize" else max(values)
+
+
+def objective(trial: optuna.Trial, run: Run, cfg: Config, space: dict[str, dict[str, Any]],
+              train_rows: list[dict], val_rows: list[dict]) -> float:
+    """Train one trial's config briefly in model/search/trial-N and return its score."""
+    params = suggest(trial, space)
+    trial_cfg = apply_overrides(cfg, {**params, "search.enabled": False})
+    out = run.model / "search" / f"trial-{trial.number}"
+    print(f"trial {trial.number}: {params}", flush=True)
+    try:
+        fitted = tune.fit(trial_cfg, train_rows, val_rows, out, resume=False,
+                          callbacks=[PruningCallback(trial, cfg.search.metric)])
+        history = fitted.trainer.state.log_history
+        runs.write_json(out / "log_history.json", history)
+        return trial_score(history, cfg.search.metric, cfg.search.direction)
+    finally:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # trial models are not kept: disk
+
+
+def run_search(run: Run, cfg: Config) -> optuna.Study:
+    """Run (or continue) the study to search.n_trials finished trials, then write its report."""
+    space = parse_space(cfg)
+    train_rows, val_rows = tune.load_splits(run)
+    if not val_rows:
+        raise ConfigError("search: trials are scored on validation rows, and this run has none "
+                          "(data.split.validation is 0)")
+    study = open_study(run, cfg, space)
+    remaining = cfg.search.n_trials - sum(t.state in FINISHED for t in study.trials)
+    if remaining > 0:
+        # MaxTrialsCallback: with several workers on one storage, the total stops at n_trials.
+        study.optimize(lambda trial: objective(trial, run, cfg, space, train_rows, val_rows), n_trials=remaining,
+                       callbacks=[optuna.study.MaxTrialsCallback(cfg.search.n_trials, states=FINISHED)],
+                       gc_after_trial=True)
+    report(run, cfg, study)
+    return study
+
+
+# ---------------------------------------------------------------- the report
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: number, state, score, seconds, and the searched values."""
+    df = study.trials_dataframe(attrs=("number", "state", "value", "duration", "params"))
+    if "duration" in df:
+        df["duration"] = df["duration"].dt.total_seconds().round(1)
+    return df.rename(columns=lambda c: c.removeprefix("params_")).rename(columns={"duration": "seconds"})
+
+
+def history_figure(study: optuna.Study, metric: str):
+    """Each trial's score (pruned trials at their last report) and the best so far."""
+    fig, ax = plots.plt.subplots()
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED and t.intermediate_values]
+    ax.scatter([t.number for t in done], [t.value for t in done], label="finished trial", zorder=3)
+    if pruned:
+        ax.scatter([t.number for t in pruned], [list(t.intermediate_values.values())[-1] for t in pruned],
+                   marker="x", color="C3", label="pruned (last reported value)", zorder=3)
+    best, line = None, []
+    better = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
+    for t in sorted(done, key=lambda t: t.number):
+        best = t.value if best is None else better(best, t.value)
+        line.append((t.number, best))
+    if line:
+        ax.step(*zip(*line), where="post", color="grey", label="best so far")
+    ax.set(xlabel="trial", ylabel=metric, title="Search history")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are whole numbers
+    ax.legend()
+    return fig
+
+
+def importance_figure(study: optuna.Study):
+    """How much each searched key explained the score (fANOVA), or None with too few trials."""
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    if len(done) < 2 or not study.best_params:
+        return None
+    try:
+        importances = optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError):  # e.g. every trial drew the same values
+        return None
+    fig, ax = plots.plt.subplots(figsize=(plots.PAGE_WIDTH, 0.5 + 0.4 * len(importances)))
+    keys = list(importances)[::-1]
+    ax.barh(keys, [importances[k] for k in keys])
+    ax.set(xlabel="share of the score's variance explained", title="Which settings mattered")
+    return fig
+
+
+def report(run: Run, cfg: Config, study: optuna.Study) -> dict[str, Any]:
+    """Trials table, history and importance figures, metrics["search"]."""
+    table = trials_table(study)
+    artifacts.table(run, STAGE, "trials", table, f"Every trial of the search, scored by {cfg.search.metric} "
+                    f"({cfg.search.direction}); pruned trials were stopped at an evaluation.")
+    fig = history_figure(study, cfg.search.metric)
+    artifacts.figure(run, STAGE, "history", fig,
+                     "Each trial's score and the best so far: a flat line means more trials found nothing better.")
+    plots.plt.close(fig)
+    fig = importance_figure(study)
+    if fig is not None:
+        artifacts.figure(run, STAGE, "importance", fig, "Importance of each searched key (fANOVA); with few "
+                         "trials this is a hint, not a finding.")
+        plots.plt.close(fig)
+    states = [t.state for t in study.trials]
+    best = _best_trial(study)
+    return runs.record_metrics(run, STAGE, {
+        "trials": len(states), "complete": states.count(TrialState.COMPLETE),
+        "pruned": states.count(TrialState.PRUNED), "failed": states.count(TrialState.FAIL),
+        "metric": cfg.search.metric, "direction": cfg.search.direction, "sampler": cfg.search.sampler,
+        "best_trial": best.number if best else None, "best_value": best.value if best else None,
+        "best_params": best.params if best else None, "storage": _safe_url(storage_url(run, cfg)),
+        "study_name": study.study_name})
+
+
+def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The best finished trial, or None when none finished."""
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def _safe_url(url: str) -> str:
+    """A storage URL without its password (metrics.json is shared)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not an SQLAlchemy URL (e.g. a journal file): nothing secret in it
+        return url
+
+
+def best_config(cfg: Config, study: optuna.Study) -> Config:
+    """The config with the best trial's values, search off: what search-best.yaml holds."""
+    best = _best_trial(study)
+    if best is None:
+        raise ConfigError(f"search: no trial of study {study.study_name!r} finished; see the trials table "
+                          f"(all pruned or failed?) and widen search.space or raise tune.max_steps")
+    return apply_overrides(cfg, {**best.params, "search.enabled": False,
+                                     "experiment.name": f"{cfg.experiment.name.removesuffix('-best')}-best"})
+
+
+def write_best(run: Run, best: Config) -> Path:
+    """search-best.yaml: every key spelled out, no `extends`, so it reruns the best trial anywhere."""
+    path = run.dir / "search-best.yaml"
+    header = (f"# The best trial of the search in {run.dir.name}: every key spelled out (no extends).\n"
+              f"# Run: make pipeline EXP={path}\n")
+    path.write_text(header + to_yaml(best), encoding="utf-8")
+    return path

@@ -1,0 +1,649 @@
+"""Stage 04: tune a chat model or a text classifier (LoRA, DoRA, rsLoRA, full, frozen layers).
+
+Reads data/train.augmented.jsonl (else train.jsonl) and validation.jsonl; writes model/
+{checkpoints, adapter, final, tensorboard, log_history.json, samples.jsonl}, the loss figure
+and metrics["tune"]. The Trainer does the loop; PEFT the adapters. Also a command:
+
+    python -m helpers.tune --run-dir reports/<run> [--set tune.max_steps=20 ...] [--search]
+    accelerate launch -m helpers.tune --run-dir reports/<run>     # several GPUs (DDP)
+
+Rerunning on the same run folder continues from the last checkpoint in model/checkpoints.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from datasets import Dataset
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.utils.class_weight import compute_class_weight
+from torch.utils.tensorboard import SummaryWriter
+from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorForSeq2Seq,
+                          DataCollatorWithFlattening, DataCollatorWithPadding, EarlyStoppingCallback, Trainer,
+                          TrainerCallback, TrainingArguments)
+from transformers.integrations import TensorBoardCallback
+
+from . import artifacts, chat, data, models, plots, runs
+from .config import Config, ConfigError, apply_overrides, to_yaml
+from .runs import Run
+
+# LoRA targets per architecture: every linear layer of the blocks (attention and MLP), which
+# the QLoRA paper found needed to match full fine-tuning; PEFT's own default (q, v only) is weaker.
+LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+BERT_LIKE = ["query", "key", "value", "dense"]
+DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo2", "granite")
+TARGET_MODULES = {
+    **{t: LLAMA_LIKE for t in DECODERS},
+    **{t: BERT_LIKE for t in ("bert", "roberta", "xlm-roberta", "camembert", "electra")},
+    "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
+}
+HEAD_NAMES = ("classifier", "score")  # classification heads: new, so always fully trained
+# Transformers' names for our schedulers. "constant" keeps the warmup (transformers'
+# "constant" would ignore it); "step" is built by TuneTrainer.create_scheduler.
+SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup", "step": "constant"}
+STAGE = "tune"
+
+
+# ---------------------------------------------------------------- config
+
+def precision(cfg: Config) -> str:
+    """The mixed precision to train in: bf16 / fp16 autocast where the hardware has it, else fp32."""
+    wanted = cfg.tune.precision
+    if torch.cuda.is_available():
+        if wanted == "bf16" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("tune.precision: bf16 needs an Ampere or newer GPU; use fp16 or auto")
+        if wanted != "auto":
+            return wanted
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if wanted == "fp16":
+        raise ConfigError("tune.precision: fp16 autocast is for GPUs; on CPU use bf16, fp32 or auto")
+    if wanted != "auto":
+        return wanted
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); emulated bf16 is slower than fp32."""
+    # torch exposes these checks only as private helpers; absent ones mean "no".
+    checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(c() for c in checks if c is not None)
+
+
+# ---------------------------------------------------------------- data
+
+def train_file(run: Run) -> Path:
+    """The training rows: stage 03's augmented file when it exists, else stage 02's split."""
+    augmented = run.data / "train.augmented.jsonl"
+    return augmented if augmented.is_file() else run.data / "train.jsonl"
+
+
+def load_splits(run: Run) -> tuple[list[dict], list[dict]]:
+    """Train and validation rows of a run."""
+    return data.read_jsonl(train_file(run)), data.read_jsonl(run.data / "validation.jsonl")
+
+
+def labels_for(cfg: Config, rows: list[dict]) -> list[str]:
+    """The label set in a fixed order: data.labels when given, else every label of the train rows."""
+    return list(cfg.data.labels) if cfg.data.labels else data.labels_of(rows)
+
+
+def encode_chats(tokenizer, rows: list[dict], max_length: int, split: str):
+    """Chats as token ids with assistant-only labels; rows left with no loss token are an error."""
+    encoded = [chat.encode(tokenizer, r["messages"], max_length) for r in rows]
+    empty = [r["id"] for r, e in zip(rows, encoded) if e.n_loss_tokens == 0]
+    if empty:
+        raise data.DataError(
+            f"{len(empty)} {split} example(s) have no assistant token left after cutting to model.max_length="
+            f"{max_length}, so they cannot teach anything: {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}. "
+            f"Raise model.max_length, or shorten their prompts (02-clean drops rows over clean.max_tokens).")
+    return Dataset.from_dict({"input_ids": [e.input_ids for e in encoded], "labels": [e.labels for e in encoded]})
+
+
+def encode_texts(tokenizer, rows: list[dict], labels: list[str], max_length: int, split: str):
+    """Texts as token ids (cut at max_length) with integer labels; an unknown label is an error."""
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = [f"{r['id']} ({r['label']!r})" for r in rows if r["label"] not in index]
+    if unknown:
+        raise data.DataError(f"{len(unknown)} {split} row(s) have a label outside {labels}: "
+                             f"{', '.join(unknown[:5])}; set data.labels or fix the rows")
+    enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)
+    return Dataset.from_dict({**enc, "labels": [index[r["label"]] for r in rows]})
+
+
+def class_weights(rows: list[dict], labels: list[str]):
+    """Inverse-frequency ("balanced") weights of the labels in rows, as a float tensor."""
+    missing = sorted(set(labels) - {r["label"] for r in rows})
+    if missing:
+        raise data.DataError(f"tune.class_weights: label(s) {missing} have no training rows, so their weight is "
+                             f"undefined; add rows or drop them from data.labels")
+    y = [labels.index(r["label"]) for r in rows]
+    return torch.tensor(compute_class_weight("balanced", classes=np.arange(len(labels)), y=y), dtype=torch.float32)
+
+
+# ---------------------------------------------------------------- model
+
+def target_modules(model, cfg: Config) -> list[str] | str:
+    """LoRA target modules: tune.lora.target_modules, else the default for the architecture."""
+    if cfg.tune.lora.target_modules:
+        return cfg.tune.lora.target_modules
+    # Unknown architectures: PEFT's "all-linear" (every linear layer but the output head).
+    return TARGET_MODULES.get(model.config.model_type, "all-linear")
+
+
+def head_names(model) -> list[str]:
+    """Names of the classification head modules (new weights: trained in full, saved with the adapter)."""
+    return [n for n in HEAD_NAMES if hasattr(model, n)]
+
+
+def add_lora(model, cfg: Config):
+    """Wrap the model with a LoRA / DoRA / rsLoRA adapter as tune.method and tune.lora say."""
+    t = cfg.tune
+    classify = cfg.experiment.task == "classification"
+    lora = LoraConfig(
+        r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout, target_modules=target_modules(model, cfg),
+        use_dora=t.method == "dora",  # weight-decomposed: magnitude and direction learned apart
+        use_rslora=t.method == "rslora",  # scale alpha/sqrt(r), so a larger r keeps learning
+        task_type=TaskType.SEQ_CLS if classify else TaskType.CAUSAL_LM,
+        modules_to_save=head_names(model) if classify else None)
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:
+        raise ConfigError(f"tune.lora.target_modules: {e}\n  name modules of {model.config.model_type!r} "
+                          f"(see model.named_modules()) or leave it empty for the default") from None
+
+
+def freeze_layers(model, cfg: Config):
+    """Freeze the embeddings and the first tune.freeze_layers blocks; the rest and the head train."""
+    blocks = next((m for m in model.modules() if isinstance(m, torch.nn.ModuleList)
+                   and len(m) == model.config.num_hidden_layers), None)
+    if blocks is None:
+        raise ConfigError(f"tune.method: freeze cannot find the layer list of {model.config.model_type!r}; use lora")
+    n = len(blocks) // 2 if cfg.tune.freeze_layers is None else cfg.tune.freeze_layers
+    if n > len(blocks):
+        raise ConfigError(f"tune.freeze_layers: {n}, but the model has {len(blocks)} layers")
+    # BERT-style models keep positions and token types in an `embeddings` block: freeze it whole.
+    # With tied embeddings (SmolLM2) this also freezes the output head: both are one matrix.
+    embeddings = [m for name, m in model.named_modules() if name.split(".")[-1] == "embeddings"]
+    for module in [*(embeddings or [model.get_input_embeddings()]), *blocks[:n]]:
+        module.requires_grad_(False)
+    return model
+
+
+def build_model(cfg: Config, labels: list[str] | None = None):
+    """The base model for the task, prepared for tune.method."""
+    classify = cfg.experiment.task == "classification"
+    base = models.load_classifier(cfg, labels) if classify else models.load_causal_lm(cfg)
+    if cfg.tune.method in ("lora", "dora", "rslora"):
+        return add_lora(base, cfg)
+    if cfg.tune.method == "freeze":
+        return freeze_layers(base, cfg)
+    return base  # full: every weight trains
+
+
+def count_params(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+# ---------------------------------------------------------------- trainer
+
+class TuneTrainer(Trainer):
+    """The Trainer plus what it lacks for us: class-weighted loss, a step LR schedule, token counts."""
+
+    def __init__(self, *args, weights=None, step_schedule: tuple[int | None, float] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.weights = weights
+        self.step_schedule = step_schedule
+        self.tokens_seen = 0  # real (non-pad) input tokens trained on in this process
+        self.loss_tokens_seen = 0  # tokens (chat) or examples (classification) that carried loss
+        if weights is not None:
+            self.loss_is_scaled_for_ga = False  # our weighted loss is a per-batch mean
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self._count(inputs)
+        if self.weights is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        loss = F.cross_entropy(outputs.logits.float(), inputs["labels"],
+                               weight=self.weights.to(outputs.logits.device))
+        return (loss, outputs) if return_outputs else loss
+
+    def _count(self, inputs) -> None:
+        mask = inputs.get("attention_mask")  # packed batches have none: every token is real
+        self.tokens_seen += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+        labels = inputs["labels"]
+        self.loss_tokens_seen += int((labels != chat.IGNORE).sum()) if labels.dim() > 1 else labels.numel()
+
+    def create_scheduler(self, num_training_steps, optimizer=None):
+        if self.step_schedule is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        size, gamma = self.step_schedule
+        warmup = self.args.get_warmup_steps(num_training_steps)
+        size = size or max(1, (num_training_steps - warmup) // 3)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer or self.optimizer, partial(_step_factor, warmup=warmup, size=size, gamma=gamma))
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+
+def _step_factor(step: int, warmup: int, size: int, gamma: float) -> float:
+    """StepLR after a linear warmup from 0 (as transformers' schedules): the LR factor at an optimizer step."""
+    if step < warmup:
+        return step / warmup
+    return gamma ** ((step - warmup) // size)
+
+
+def training_args(cfg: Config, output_dir: Path, has_validation: bool, resuming: bool = False,
+                  packed: bool = False):
+    """TrainingArguments from the tune section (every knob from params)."""
+    t, chat_task = cfg.tune, cfg.experiment.task == "chat"
+    mixed = precision(cfg)
+    return TrainingArguments(
+        output_dir=str(output_dir / "checkpoints"),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size * 2,  # no gradients to keep: twice fits
+        gradient_accumulation_steps=t.grad_accum,
+        num_train_epochs=t.epochs, max_steps=t.max_steps,
+        learning_rate=t.learning_rate, weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_ratio,  # below 1: a share of the steps
+        lr_scheduler_type=SCHEDULERS[t.scheduler],
+        eval_strategy="steps" if has_validation else "no", eval_steps=t.eval_steps,
+        eval_on_start=has_validation and not resuming,  # step 0: the base model's loss, the line to beat
+        save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.keep_checkpoints,
+        logging_steps=t.logging_steps, logging_first_step=True,  # the curve starts at the untrained loss
+        load_best_model_at_end=has_validation, metric_for_best_model="eval_loss", greater_is_better=False,
+        bf16=mixed == "bf16", fp16=mixed == "fp16", use_cpu=not torch.cuda.is_available(),
+        seed=cfg.experiment.seed, data_seed=cfg.experiment.seed,
+        # Packed batches have no pad to save; padded ones waste least when similar lengths meet.
+        train_sampling_strategy="random" if packed else "group_by_length",
+        prediction_loss_only=chat_task,  # chat logits are (tokens x 49k vocab): never keep them
+        label_names=["labels"], remove_unused_columns=False,  # our datasets hold model inputs only
+        report_to="none",  # TensorBoard is added as a callback with its folder (no logging_dir in v5)
+        disable_tqdm=True,  # papermill records every bar update; the printed logs say the same
+        dataloader_pin_memory=torch.cuda.is_available())
+
+
+def packs(cfg: Config, model_type: str) -> bool:
+    """Whether chat batches are packed: tune.packing, for decoders known to mask packed rows per example."""
+    # These build their masks with transformers' masking utils, which detect packed rows from
+    # restarting position ids (sdpa, eager, flex; flash uses the ids directly). Other models
+    # could let examples attend to each other, so they get padded batches.
+    return cfg.experiment.task == "chat" and cfg.tune.packing and model_type in DECODERS
+
+
+def collator(cfg: Config, tokenizer, model_type: str):
+    """Batches: packed without padding (chat, tune.packing) or padded to the batch's longest example."""
+    if cfg.experiment.task == "classification":
+        return DataCollatorWithPadding(tokenizer)
+    if packs(cfg, model_type):
+        # One row per batch, position ids restarting at each example, the first label of each
+        # example ignored: no pad token is computed and no example sees another.
+        return DataCollatorWithFlattening()
+    return DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=chat.IGNORE)
+
+
+def classification_metrics(pred) -> dict[str, float]:
+    """Accuracy and macro F1 at an evaluation (logged as eval_accuracy, eval_f1_macro)."""
+    y_pred = np.asarray(pred.predictions).argmax(-1)
+    y = np.asarray(pred.label_ids)
+    return {"accuracy": float(accuracy_score(y, y_pred)), "f1_macro": float(f1_score(y, y_pred, average="macro"))}
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint (its trainer_state.json is written last) in folder, or None."""
+    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def checkpoint_step(checkpoint: Path | None) -> int:
+    """The optimizer step a checkpoint was saved at (0 for none)."""
+    return int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+
+
+# ---------------------------------------------------------------- callbacks
+
+class SampleCallback(TrainerCallback):
+    """Answer a few fixed validation prompts at each evaluation, step 0 included (model/samples.jsonl)."""
+
+    def __init__(self, tokenizer, rows: list[dict], path: Path, max_new_tokens: int):
+        self.tokenizer, self.path, self.max_new_tokens = tokenizer, path, max_new_tokens
+        self.prompts = [(_last_prompt(r["messages"]), chat.prompt_ids(tokenizer, r["messages"])) for r in rows]
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        self._sample(model, state.global_step, state)
+
+    def _sample(self, model, step: int, state) -> None:
+        if not state.is_world_process_zero:
+            return
+        was_training = model.training
+        model.eval()
+        rows = []
+        with torch.no_grad():
+            for prompt, ids in self.prompts:
+                x = torch.tensor([ids], device=model.device)
+                # use_cache: the Trainer turns the cache off for training; generation needs it.
+                out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=False,
+                                     max_new_tokens=self.max_new_tokens, use_cache=True,
+                                     pad_token_id=self.tokenizer.pad_token_id)
+                answer = self.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
+                rows.append({"step": step, "prompt": prompt, "answer": answer})
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        model.train(was_training)
+
+
+class StepTimer(TrainerCallback):
+    """Seconds spent in optimizer steps only (not in evaluations, samples or saves): the throughput's clock."""
+
+    def __init__(self):
+        self.seconds, self._start = 0.0, 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds += time.perf_counter() - self._start
+
+
+def _last_prompt(messages: list[dict]) -> str:
+    """The message the last assistant turn answers (what a reader of the samples needs)."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return messages[last - 1]["content"] if last else ""
+
+
+def _trim_samples(path: Path, upto_step: int) -> None:
+    """Drop the samples after a checkpoint's step (all on a fresh start): a resumed run makes them again."""
+    rows = data.read_jsonl(path) if path.is_file() and upto_step else []
+    data.write_jsonl(path, [r for r in rows if r["step"] <= upto_step])
+
+
+# ---------------------------------------------------------------- training
+
+@dataclass
+class Fitted:
+    """A finished training: the trainer (best model loaded), its tokenizer and labels, and how it ran."""
+
+    trainer: Any
+    tokenizer: Any
+    labels: list[str] | None
+    resumed_from: int  # step of the checkpoint continued from; 0 = a fresh start
+    planned_steps: int
+    step_seconds: float  # time in optimizer steps of this process (throughput's denominator)
+
+
+def encode_splits(cfg: Config, tokenizer, train_rows: list[dict], val_rows: list[dict],
+                  labels: list[str] | None):
+    """Train and validation datasets for the task (masks and labels checked)."""
+    n = cfg.model.max_length
+    if cfg.experiment.task == "classification":
+        return (encode_texts(tokenizer, train_rows, labels, n, "train"),
+                encode_texts(tokenizer, val_rows, labels, n, "validation"))
+    return encode_chats(tokenizer, train_rows, n, "train"), encode_chats(tokenizer, val_rows, n, "validation")
+
+
+def loss_weights(cfg: Config, train_rows: list[dict], labels: list[str] | None):
+    """Class weights for the loss when tune.class_weights asks for them, else None."""
+    if not cfg.tune.class_weights:
+        return None
+    if cfg.experiment.task != "classification":
+        raise ConfigError("tune.class_weights: class weights are for classification; set it to false for chat")
+    return class_weights(train_rows, labels)
+
+
+def fit(cfg: Config, train_rows: list[dict], val_rows: list[dict], output_dir: Path,
+        callbacks: list | None = None, samples: Path | None = None, resume: bool = True) -> Fitted:
+    """Train on train_rows, evaluate on val_rows, checkpoint into output_dir; continue from its last checkpoint."""
+    runs.seed_everything(cfg.experiment.seed)  # the same start however the caller got here
+    t, classify = cfg.tune, cfg.experiment.task == "classification"
+    tokenizer = models.load_tokenizer(cfg)
+    labels = labels_for(cfg, train_rows) if classify else None
+    train_ds, val_ds = encode_splits(cfg, tokenizer, train_rows, val_rows, labels)
+    has_val = len(val_ds) > 0
+    if not resume:
+        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+    checkpoint = last_checkpoint(output_dir / "checkpoints")
+    step0 = checkpoint_step(checkpoint)
+
+    timer = StepTimer()
+    # purge_step: TensorBoard drops what the interrupted process logged after the checkpoint.
+    writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=step0 + 1 if checkpoint else None)
+    cbs = [timer, TensorBoardCallback(writer)]
+    if has_val and t.early_stopping_patience:
+        cbs.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
+    if samples is not None and not classify and has_val and t.sample_prompts:
+        _trim_samples(samples, step0)
+        cbs.append(SampleCallback(tokenizer, val_rows[: t.sample_prompts], samples, t.sample_max_new_tokens))
+
+    model = build_model(cfg, labels)
+    model_type = model.config.model_type
+    trainer = TuneTrainer(
+        model=model, args=training_args(cfg, output_dir, has_val, checkpoint is not None, packs(cfg, model_type)),
+        train_dataset=train_ds, eval_dataset=val_ds if has_val else None, processing_class=tokenizer,
+        data_collator=collator(cfg, tokenizer, model_type),
+        compute_metrics=classification_metrics if classify else None,
+        callbacks=cbs + list(callbacks or []), weights=loss_weights(cfg, train_rows, labels),
+        step_schedule=(t.step_size, t.step_gamma) if t.scheduler == "step" else None)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    return Fitted(trainer, tokenizer, labels, step0, trainer.state.max_steps, timer.seconds)
+
+
+def save_model(fitted: Fitted, adapter_dir: Path | None, final_dir: Path) -> None:
+    """Write the adapter (PEFT methods) and the merged model + tokenizer, safetensors only."""
+    model = fitted.trainer.model
+    if isinstance(model, PeftModel):
+        if adapter_dir is not None:
+            model.save_pretrained(adapter_dir, safe_serialization=True)
+        model = model.merge_and_unload()  # plain weights: loads without peft, runs at base speed
+    model.config.use_cache = True  # the Trainer turned it off for training; generation wants it
+    shutil.rmtree(final_dir, ignore_errors=True)  # never a mix of an old and a new model
+    model.save_pretrained(final_dir, safe_serialization=True)
+    fitted.tokenizer.save_pretrained(final_dir)
+
+
+def summarize(fitted: Fitted) -> dict[str, Any]:
+    """The stage's metrics: losses, best step, steps, time, throughput, trainable parameters."""
+    tr, state = fitted.trainer, fitted.trainer.state
+    history = state.log_history
+    train_losses = [h["loss"] for h in history if "loss" in h]
+    evals = [h for h in history if "eval_loss" in h]
+    seconds = next((h["train_runtime"] for h in reversed(history) if "train_runtime" in h), 0.0)
+    trainable, total = count_params(tr.model)
+    best_step = state.best_global_step or None  # None: no evaluation ran (no validation rows)
+    return {
+        "train_loss_first": train_losses[0] if train_losses else None,
+        "train_loss": train_losses[-1] if train_losses else None,
+        "val_loss_first": evals[0]["eval_loss"] if evals else None,
+        "val_loss_best": state.best_metric,
+        **{f"val_{k[5:]}_best": v for k, v in best_eval(history, best_step).items() if k != "eval_loss"},
+        "best_step": best_step,
+        "steps": state.global_step, "planned_steps": fitted.planned_steps,
+        "stopped_early": state.global_step < fitted.planned_steps,
+        "resumed_from_step": fitted.resumed_from,
+        "wall_seconds": round(seconds, 1),  # this process's training time (a resumed run: the rest only)
+        "step_seconds": round(fitted.step_seconds, 1),  # of which optimizer steps (no evals, saves)
+        "train_tokens_per_s": round(tr.tokens_seen / fitted.step_seconds, 1) if fitted.step_seconds else None,
+        "loss_tokens_per_s": round(tr.loss_tokens_seen / fitted.step_seconds, 1) if fitted.step_seconds else None,
+        "trainable_params": trainable, "total_params": total, "trainable_share": round(trainable / total, 5),
+        "precision": "bf16" if tr.args.bf16 else "fp16" if tr.args.fp16 else "fp32",
+        "packed": isinstance(tr.data_collator, DataCollatorWithFlattening),
+    }
+
+
+def best_eval(history: list[dict], best_step: int | None) -> dict[str, float]:
+    """The eval_* values logged at the best step (loss, and accuracy / F1 for classification)."""
+    at = [h for h in history if "eval_loss" in h and h["step"] == best_step]
+    return {k: v for k, v in at[-1].items() if k.startswith("eval_") and "runtime" not in k and "per_second" not in k} \
+        if at else {}
+
+
+def loss_figure(history: list[dict], best_step: int | None, planned_steps: int):
+    """Train and validation loss per step, the best checkpoint and an early stop marked."""
+    fig, ax = plots.plt.subplots()  # plots set the house style and the headless backend
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    if train:
+        ax.plot(*zip(*train), label="train loss (batch mean at each logging step)", alpha=0.8)
+    if evals:
+        ax.plot(*zip(*evals), marker="o", label="validation loss")
+    if best_step:
+        ax.axvline(best_step, ls="--", color="grey", label=f"best checkpoint, saved as final (step {best_step})")
+    last = max((s for s, _ in train), default=0)
+    if 0 < last < planned_steps:
+        ax.axvline(last, ls=":", color="C3", label=f"early stop at step {last} of {planned_steps}")
+    ax.set(xlabel="optimizer step", ylabel="cross-entropy per loss token", title="Loss during tuning")
+    ax.legend()
+    return fig
+
+
+def train(run: Run, cfg: Config) -> dict[str, Any]:
+    """Stage 04 from top to bottom: fit (or continue), save adapter and final model, record what happened."""
+    train_rows, val_rows = load_splits(run)
+    model_dir = run.model
+    samples = model_dir / "samples.jsonl"
+    fitted = fit(cfg, train_rows, val_rows, model_dir, samples=samples)
+    if not fitted.trainer.is_world_process_zero():
+        return {}  # under accelerate launch, one process writes
+    history = fitted.trainer.state.log_history
+    metrics = {"method": cfg.tune.method, "train_file": train_file(run).name, "train_rows": len(train_rows),
+               "validation_rows": len(val_rows), **summarize(fitted)}
+    save_model(fitted, model_dir / "adapter" if cfg.tune.method in ("lora", "dora", "rslora") else None,
+               model_dir / "final")
+    runs.write_json(model_dir / "log_history.json", history)
+    fig = loss_figure(history, metrics["best_step"], metrics["planned_steps"])
+    artifacts.figure(run, STAGE, "loss", fig, "Training loss (each logging step) and validation loss (each "
+                     "evaluation, step 0 = before tuning). The dashed line is the checkpoint with the lowest "
+                     "validation loss: that one became model/final.")
+    plots.plt.close(fig)
+    if samples.is_file():
+        artifacts.table(run, STAGE, "samples", pd.DataFrame(data.read_jsonl(samples)),
+                        "Answers to fixed validation prompts during tuning (step 0 = the base model).")
+    return runs.record_metrics(run, STAGE, metrics)
+
+
+# ---------------------------------------------------------------- cross-validation
+
+def cross_validate(run: Run, cfg: Config) -> dict[str, Any]:
+    """k-fold CV on the train split: per-fold scores, mean and std, and the fold ensemble vs model/final on test."""
+    if cfg.experiment.task != "classification":
+        raise ConfigError("tune.cv_folds: cross-validation is for classification; set it to 0 for chat")
+    k = cfg.tune.cv_folds
+    rows = data.read_jsonl(train_file(run))
+    # An augmented copy stays in its original's fold: a copy in training and its original in
+    # validation would leak the answer.
+    groups = [r.get("augment_of") or r["id"] for r in rows]
+    split = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=cfg.experiment.seed)
+    folds = []
+    for i, (tr, va) in enumerate(split.split(rows, [r["label"] for r in rows], groups)):
+        held_out = [rows[j] for j in va if not rows[j].get("augment_op")]  # score on real rows only
+        folds.append(fit_fold(cfg, [rows[j] for j in tr], held_out, run.model / "folds" / str(i), i))
+    table = pd.DataFrame(folds)
+    artifacts.table(run, STAGE, "cv-folds", table, f"{k}-fold cross-validation on the train split: each fold's "
+                    "best validation scores on its held-out rows.")
+    scores = {c: {"mean": float(table[c].mean()), "std": float(table[c].std(ddof=1))}
+              for c in table.columns if c.startswith("eval_")}
+    result = {"folds": k, "per_fold": folds, **scores, **ensemble_scores(run, cfg, k)}
+    return runs.record_metrics(run, STAGE, {"cv": result})["cv"]
+
+
+def fit_fold(cfg: Config, train_rows: list[dict], val_rows: list[dict], folder: Path,
+             fold: int) -> dict[str, Any]:
+    """Train one fold (or reuse it when finished before); its merged model goes into folder."""
+    done = folder / "fold.json"
+    if done.is_file():
+        return runs.read_json(done)
+    fitted = fit(cfg, train_rows, val_rows, folder)
+    state = fitted.trainer.state
+    best = state.best_global_step or state.global_step
+    save_model(fitted, None, folder / "final")
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # k full checkpoint sets would fill the disk
+    scores = {"fold": fold, "train_rows": len(train_rows), "validation_rows": len(val_rows), "best_step": best,
+              **best_eval(state.log_history, best)}
+    runs.write_json(done, scores)
+    return scores
+
+
+def predict_proba(folder: Path, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
+    """Class probabilities of a saved classifier (plain transformers), (N, labels)."""
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True).eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            enc = tok(texts[i: i + batch_size], truncation=True, max_length=max_length, padding=True,
+                      return_tensors="pt")
+            out.append(torch.softmax(model(**enc).logits.float(), -1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.config.num_labels))
+
+
+def ensemble_scores(run: Run, cfg: Config, k: int) -> dict[str, Any]:
+    """Accuracy and macro F1 on the test split: the fold models' averaged probabilities vs model/final."""
+    test_file = run.data / "test.jsonl"
+    test = data.read_jsonl(test_file) if test_file.is_file() else []
+    final = run.model / "final"
+    if not test or not (final / "config.json").is_file():
+        return {"test": "skipped: needs data/test.jsonl and model/final"}
+    label2id = runs.read_json(final / "config.json")["label2id"]
+    y = [label2id[r["label"]] for r in test]
+    texts = [r["text"] for r in test]
+    single = predict_proba(final, texts, cfg.model.max_length)
+    ensemble = np.mean([predict_proba(run.model / "folds" / str(i) / "final", texts, cfg.model.max_length)
+                        for i in range(k)], axis=0)  # soft voting: (N, labels) probabilities averaged
+    return {"test_rows": len(test), "test_single": scores(y, single), "test_ensemble": scores(y, ensemble)}
+
+
+def scores(y: list[int], probs: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro F1 of the most probable label."""
+    pred = probs.argmax(-1)
+    return {"accuracy": float(accuracy_score(y, pred)), "f1_macro": float(f1_score(y, pred, average="macro"))}
+
+
+# ---------------------------------------------------------------- command line
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m helpers.tune --run-dir DIR [--set key=value ...] [--search]`."""
+    parser = argparse.ArgumentParser(prog="python -m helpers.tune", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-dir", required=True, help="run folder made by stage 01 (reports/<run>)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a params key for this run, e.g. --set tune.max_steps=20 (repeatable)")
+    parser.add_argument("--search", action="store_true", help="run the Optuna search first (as search.enabled)")
+    args = parser.parse_args(argv)
+    try:
+        run, cfg = runs.open_run(args.run_dir)
+        if args.set:
+            cfg = apply_overrides(cfg, args.set)
+            if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch, one process writes
+                run.config_file.write_text(to_yaml(cfg), encoding="utf-8")  # config.yaml says what ran
+        if args.search or cfg.search.enabled:
+            from . import search  # here: search imports tune
+
+            cfg = search.best_config(cfg, search.run_search(run, cfg))
+            search.write_best(run, cfg)
+        metrics = train(run, cfg)
+        if cfg.tune.cv_folds:
+            metrics["cv"] = cross_validate(run, cfg)
+    except (ConfigError, data.DataError, chat.ChatTemplateError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if metrics:
+        print(json.dumps({k: v for k, v in metrics.items() if k != "cv"}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""Stage 04 on smoke-sized data: masks, packing, methods, a tiny overfit, saved models, resume."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
+
+from helpers import chat, data, models, paths, runs, tune
+from helpers.config import ConfigError, apply_overrides, load_config
+
+SMOKE = paths.PARAMS / "smoke.yaml"
+SMOKE_SENTIMENT = paths.PARAMS / "smoke-sentiment.yaml"
+# A few big steps on a few short examples: the loss must fall fast, and each test stays short.
+CHAT_FAST = {"model.max_length": 128, "tune.batch_size": 4, "tune.max_steps": 6, "tune.eval_steps": 3,
+             "tune.save_steps": 3, "tune.learning_rate": 2e-3, "tune.warmup_ratio": 0.0,
+             "tune.sample_prompts": 1, "tune.sample_max_new_tokens": 6}
+
+
+@pytest.fixture(scope="module")
+def short_chats() -> list[dict]:
+    """The 12 shortest smoke support chats (all under 128 tokens with the template)."""
+    cfg = load_config(SMOKE)
+    tok = models.load_tokenizer(cfg)
+    rows = data.load(cfg).rows
+    return sorted(rows, key=lambda r: len(chat.encode(tok, r["messages"], 10_000).input_ids))[:12]
+
+
+@pytest.fixture(scope="module")
+def tweets() -> list[dict]:
+    """The 300 smoke-sentiment tweets."""
+    return data.load(load_config(SMOKE_SENTIMENT)).rows
+
+
+def make_run(tmp_path, params, overrides, train, validation, test=()):
+    """A run folder holding given splits (what stages 01-02 would write)."""
+    cfg = load_config(params, overrides)
+    run = runs.create_run(cfg, reports=tmp_path / "reports")
+    for name, rows in (("train", train), ("validation", validation), ("test", test)):
+        data.write_jsonl(run.data / f"{name}.jsonl", list(rows))
+    return run, cfg
+
+
+# ---------------------------------------------------------------- fast checks
+
+def test_example_without_answer_tokens_is_an_error_naming_the_row():
+    cfg = load_config(SMOKE)
+    tok = models.load_tokenizer(cfg)
+    long = {"id": "support-chats.jsonl:7", "messages": [{"role": "user", "content": "word " * 100},
+                                                         {"role": "assistant", "content": "ok"}]}
+    fine = {"id": "fine", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    assert len(tune.encode_chats(tok, [fine], 40, "train")) == 1
+    with pytest.raises(data.DataError, match=r"support-chats\.jsonl:7.*model\.max_length"):
+        tune.encode_chats(tok, [fine, long], 40, "train")
+
+
+def test_packed_batch_keeps_attention_per_example(short_chats):
+    """DataCollatorWithFlattening + sdpa on CPU: each example's logits as if it were alone."""
+    cfg = load_config(SMOKE)
+    tok, model = models.load_tokenizer(cfg), models.load_causal_lm(cfg).eval()
+    encoded = [chat.encode(tok, r["messages"], 128) for r in short_chats[:3]]
+    batch = tune.collator(cfg, tok, "llama")([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
+    assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch  # one row, no pad
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+        start = 0
+        for e in encoded:
+            alone = model(input_ids=torch.tensor([e.input_ids]), use_cache=False).logits[0]
+            assert torch.allclose(packed[start: start + len(e.input_ids)], alone, atol=1e-3)
+            start += len(e.input_ids)
+    # The first label of each example is masked: no example learns to predict the next one's start.
+    starts = (batch["position_ids"][0] == 0).nonzero().flatten()
+    assert (batch["labels"][0, starts] == chat.IGNORE).all()
+
+
+def test_packed_and_padded_batches_give_the_same_loss(tmp_path, short_chats):
+    """The untrained model's validation loss (step 0) must not depend on how batches are built."""
+    losses = {}
+    for packing in (True, False):
+        cfg = load_config(SMOKE, {**CHAT_FAST, "tune.packing": packing, "tune.max_steps": 1, "tune.eval_steps": 1,
+                                  "tune.save_steps": 1, "tune.sample_prompts": 0})
+        fitted = tune.fit(cfg, short_chats[:4], short_chats[4:8], tmp_path / str(packing))
+        assert tune.summarize(fitted)["packed"] == packing
+        losses[packing] = fitted.trainer.state.log_history[0]["eval_loss"]  # one eval batch: 8 >= 4 rows
+    assert losses[True] == pytest.approx(losses[False], abs=1e-2)
+
+
+def test_default_targets_per_architecture():
+    cfg = load_config(SMOKE)
+    llama, bert = (SimpleNamespace(config=SimpleNamespace(model_type=t)) for t in ("llama", "bert"))
+    assert tune.target_modules(llama, cfg) == ["q_proj", "k_proj", "v_proj", "o_proj",
+                                               "gate_proj", "up_proj", "down_proj"]
+    assert tune.target_modules(bert, cfg) == ["query", "key", "value", "dense"]
+    unknown = SimpleNamespace(config=SimpleNamespace(model_type="newarch"))
+    assert tune.target_modules(unknown, cfg) == "all-linear"
+    assert tune.target_modules(llama, load_config(SMOKE, ["tune.lora.target_modules=[q_proj]"])) == ["q_proj"]
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "rslora", "freeze", "full"])
+def test_methods_train_what_they_say(method):
+    cfg = load_config(SMOKE_SENTIMENT, [f"tune.method={method}", "tune.freeze_layers=4"])
+    model = tune.build_model(cfg, ["negative", "neutral", "positive"])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    n_trainable, total = tune.count_params(model)
+    assert any("classifier" in n for n in trainable)  # the new head always trains
+    if method in ("lora", "dora", "rslora"):
+        lora = model.peft_config["default"]
+        assert lora.use_dora == (method == "dora") and lora.use_rslora == (method == "rslora")
+        assert set(lora.target_modules) == {"query", "key", "value", "dense"}
+        assert all("lora_" in n or "classifier" in n for n in trainable)
+        assert n_trainable / total < 0.05
+        assert any("lora_magnitude_vector" in n for n in trainable) == (method == "dora")
+    elif method == "freeze":
+        assert not any(".layer.0." in n or ".layer.3." in n or "embeddings" in n for n in trainable)
+        assert any(".layer.4." in n for n in trainable) and any(".layer.5." in n for n in trainable)
+    else:
+        assert n_trainable == total
+
+
+def test_bad_tune_params_name_the_key():
+    with pytest.raises(ConfigError, match="tune.save_steps"):
+        load_config(SMOKE, ["tune.save_steps=4"])  # eval_steps is 3
+    with pytest.raises(ConfigError, match="tune.cv_folds"):
+        load_config(SMOKE, ["tune.cv_folds=1"])
+    with pytest.raises(ConfigError, match="tune.nope"):
+        apply_overrides(load_config(SMOKE), ["tune.nope=1"])
+    with pytest.raises(ConfigError, match="tune.freeze_layers"):
+        tune.build_model(load_config(SMOKE_SENTIMENT, ["tune.method=freeze", "tune.freeze_layers=9"]), ["a", "b"])
+    with pytest.raises(ConfigError, match="tune.lora.target_modules"):
+        tune.build_model(load_config(SMOKE_SENTIMENT, ["tune.lora.target_modules=[nope]"]), ["a", "b"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="tune.precision"):
+            tune.precision(load_config(SMOKE, ["tune.precision=fp16"]))
+
+
+def test_class_weights_are_balanced_and_need_every_label():
+    rows = [{"label": "a"}] * 3 + [{"label": "b"}]
+    assert tune.class_weights(rows, ["a", "b"]).tolist() == pytest.approx([4 / 6, 2.0])
+    with pytest.raises(data.DataError, match="'c'"):
+        tune.class_weights(rows, ["a", "b", "c"])
+
+
+def test_step_scheduler_warms_up_then_decays_in_steps():
+    factors = [tune._step_factor(s, warmup=2, size=3, gamma=0.5) for s in range(9)]
+    assert factors == pytest.approx([0, 0.5, 1, 1, 1, 0.5, 0.5, 0.5, 0.25])
+
+
+def test_cli_bad_override_exits_2_naming_the_key(tmp_path, short_chats, capsys):
+    run, _ = make_run(tmp_path, SMOKE, CHAT_FAST, short_chats[:4], short_chats[4:6])
+    assert tune.main(["--run-dir", str(run.dir), "--set", "tune.learning_rat=1e-3"]) == 2
+    assert "tune.learning_rat" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- training end to end
+
+def test_chat_overfits_and_saves_loadable_models(tmp_path, short_chats):
+    """4 chats trained and validated on: the loss must fall; adapter and final give the same logits."""
+    rows = short_chats[:4]
+    run, cfg = make_run(tmp_path, SMOKE, CHAT_FAST, rows, rows)
+    m = tune.train(run, cfg)
+
+    assert m["val_loss_best"] < 0.6 * m["val_loss_first"], m  # 4 chats learned by heart
+    assert m["steps"] == 6 and m["best_step"] in (3, 6) and m["resumed_from_step"] == 0
+    assert m["precision"] == ("bf16" if tune.cpu_has_bf16() or torch.cuda.is_available() else "fp32")
+    assert m["packed"]
+    assert 0 < m["trainable_params"] < 0.05 * m["total_params"] and m["train_tokens_per_s"] > 0
+    assert runs.read_json(run.metrics_file)["tune"]["val_loss_best"] == m["val_loss_best"]
+    history = runs.read_json(run.model / "log_history.json")
+    assert [h["step"] for h in history if "eval_loss" in h] == [0, 3, 6]
+    assert [r["step"] for r in data.read_jsonl(run.model / "samples.jsonl")] == [0, 3, 6]
+    assert (run.figures / "tune-loss.png").is_file() and any((run.model / "tensorboard").iterdir())
+    final = run.model / "final"
+    assert not list(final.glob("*.bin")) and (final / "model.safetensors").is_file()
+    assert (final / "tokenizer_config.json").is_file()
+
+    ids = torch.tensor([chat.encode(models.load_tokenizer(cfg), rows[0]["messages"], 128).input_ids])
+    peft_model = PeftModel.from_pretrained(models.load_causal_lm(cfg), run.model / "adapter").eval()
+    merged = AutoModelForCausalLM.from_pretrained(final, use_safetensors=True).eval()
+    assert merged.config.use_cache
+    with torch.no_grad():
+        assert torch.allclose(peft_model(ids).logits, merged(ids).logits, atol=1e-3)
+
+
+def test_classifier_overfits_via_cli_with_class_weights(tmp_path, tweets):
+    rows = tweets[:48]
+    run, cfg = make_run(tmp_path, SMOKE_SENTIMENT, {"tune.eval_steps": 3, "tune.save_steps": 3}, rows, rows)
+    code = tune.main(["--run-dir", str(run.dir), "--set", "tune.max_steps=6", "--set", "tune.learning_rate=3e-3",
+                      "--set", "tune.class_weights=true", "--set", "tune.warmup_ratio=0"])
+    assert code == 0
+    assert run.config().tune.class_weights  # config.yaml says what ran
+    m = runs.read_json(run.metrics_file)["tune"]
+    assert m["val_loss_best"] < m["val_loss_first"], m
+    assert {"val_accuracy_best", "val_f1_macro_best"} <= set(m)
+
+    labels = ["negative", "neutral", "positive"]
+    final = AutoModelForSequenceClassification.from_pretrained(run.model / "final", use_safetensors=True).eval()
+    assert final.config.id2label == dict(enumerate(labels))
+    peft_model = PeftModel.from_pretrained(models.load_classifier(cfg, labels), run.model / "adapter").eval()
+    enc = models.load_tokenizer(cfg)([r["text"] for r in rows[:4]], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(peft_model(**enc).logits, final(**enc).logits, atol=1e-4)
+
+
+class Killed(Exception):
+    """Stands for a killed process."""
+
+
+class Crash(TrainerCallback):
+    """Stop the process's training with an error after a given step (a killed run)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise Killed(f"killed after step {self.step}")
+
+
+def test_interrupted_run_resumes_to_the_same_losses(tmp_path, short_chats):
+    overrides = {**CHAT_FAST, "tune.batch_size": 2, "tune.max_steps": 4, "tune.eval_steps": 2,
+                 "tune.save_steps": 2, "tune.sample_prompts": 0, "tune.learning_rate": 1e-3}
+    train, val = short_chats[:6], short_chats[6:8]
+    straight, cfg = make_run(tmp_path, SMOKE, overrides, train, val)
+    tune.train(straight, cfg)
+
+    broken, _ = make_run(tmp_path, SMOKE, overrides, train, val)
+    with pytest.raises(Killed):
+        tune.fit(cfg, train, val, broken.model, callbacks=[Crash(3)])
+    assert tune.last_checkpoint(broken.model / "checkpoints").name == "checkpoint-2"
+    m = tune.train(broken, cfg)  # the stage rerun on the same folder
+    assert m["resumed_from_step"] == 2 and m["steps"] == 4
+
+    def losses(run, key):
+        return {h["step"]: h[key] for h in runs.read_json(run.model / "log_history.json") if key in h}
+
+    for key in ("loss", "eval_loss"):
+        a, b = losses(straight, key), losses(broken, key)
+        assert a.keys() == b.keys() and max(a) == 4
+        assert [b[s] for s in a] == pytest.approx([a[s] for s in a], abs=2e-3), key
+
+
+def test_cross_validation_scores_folds_and_ensemble(tmp_path, tweets):
+    overrides = {"tune.max_steps": 2, "tune.eval_steps": 2, "tune.save_steps": 2, "tune.cv_folds": 2,
+                 "tune.learning_rate": 3e-3}
+    augmented = [{**tweets[0], "id": "aug-1", "augment_op": "swap", "augment_of": tweets[0]["id"]}]
+    run, cfg = make_run(tmp_path, SMOKE_SENTIMENT, overrides, tweets[:60] + augmented, tweets[60:80], tweets[80:110])
+    tune.train(run, cfg)
+    cv = tune.cross_validate(run, cfg)
+    assert [f["fold"] for f in cv["per_fold"]] == [0, 1]
+    assert sum(f["validation_rows"] for f in cv["per_fold"]) == 60  # real rows only: the copy is never held out
+    assert 0 <= cv["eval_accuracy"]["mean"] <= 1 and cv["eval_accuracy"]["std"] >= 0
+    assert cv["test_rows"] == 30 and set(cv["test_ensemble"]) == {"accuracy", "f1_macro"}
+    assert (run.model / "folds" / "1" / "final" / "model.safetensors").is_file()
+    assert not (run.model / "folds" / "0" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("method, scheduler", [("dora", "step"), ("rslora", "cosine"), ("full", "constant"),
+                                               ("freeze", "linear")])
+def test_every_method_trains_and_saves_a_plain_model(tmp_path, tweets, method, scheduler):
+    overrides = {"tune.method": method, "tune.scheduler": scheduler, "tune.max_steps": 4, "tune.eval_steps": 2,
+                 "tune.save_steps": 2, "tune.batch_size": 8, "tune.warmup_ratio": 0.25, "tune.step_size": 1}
+    run, cfg = make_run(tmp_path, SMOKE_SENTIMENT, overrides, tweets[:32], tweets[32:40])
+    m = tune.train(run, cfg)
+    assert m["steps"] == 4 and (run.model / "adapter").is_dir() == (method in ("dora", "rslora"))
+    lrs = [h["learning_rate"] for h in runs.read_json(run.model / "log_history.json") if "learning_rate" in h]
+    peak = cfg.tune.learning_rate
+    # One warmup step from 0, then: halve every step / cosine / flat / straight down.
+    expected = {"step": [0, 1, 0.5, 0.25], "cosine": [0, 1, 0.75, 0.25], "constant": [0, 1, 1, 1],
+                "linear": [0, 1, 2 / 3, 1 / 3]}[scheduler]
+    assert lrs == pytest.approx([peak * f for f in expected]), scheduler
+    model = AutoModelForSequenceClassification.from_pretrained(run.model / "final", use_safetensors=True)
+    assert model.config.id2label[0] == "negative"
+
+
+def test_early_stopping_keeps_the_best_checkpoint_as_final(tmp_path, tweets):
+    """A learning rate far too high makes validation loss rise: training stops, and final = the best step."""
+    from safetensors.torch import load_file
+
+    overrides = {"tune.method": "full", "tune.learning_rate": 0.5, "tune.max_steps": 10, "tune.eval_steps": 1,
+                 "tune.save_steps": 1, "tune.early_stopping_patience": 1, "tune.batch_size": 8, "tune.warmup_ratio": 0}
+    run, cfg = make_run(tmp_path, SMOKE_SENTIMENT, overrides, tweets[:40], tweets[40:56])
+    m = tune.train(run, cfg)
+    assert m["stopped_early"] and m["steps"] < 10 and m["best_step"] < m["steps"]
+    evals = {h["step"]: h["eval_loss"] for h in runs.read_json(run.model / "log_history.json") if "eval_loss" in h}
+    assert m["val_loss_best"] == min(v for s, v in evals.items() if s > 0) == evals[m["best_step"]]
+    best = load_file(run.model / "checkpoints" / f"checkpoint-{m['best_step']}" / "model.safetensors")
+    final = load_file(run.model / "final" / "model.safetensors")
+    assert torch.equal(best["classifier.weight"], final["classifier.weight"])
