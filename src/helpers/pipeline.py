@@ -86,6 +86,17 @@ def run_experiment(params_file: str | None, overrides: list[str], resume: str | 
     return run
 
 
+def select_stages(spec: str) -> list[str]:
+    """Notebook names from "01,02" or "04-tune-model"; an unknown name is an error, not "all"."""
+    chosen = []
+    for part in (x.strip() for x in spec.split(",") if x.strip()):
+        match = [n for n in NOTEBOOKS if n == part or n.startswith(part.zfill(2) + "-")]
+        if not match:
+            raise ConfigError(f"--stages: unknown stage {part!r}; use numbers 01-06 or names: {', '.join(NOTEBOOKS)}")
+        chosen += [m for m in match if m not in chosen]
+    return [n for n in NOTEBOOKS if n in chosen]  # always in pipeline order
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry: run one experiment, the bundled ones, or resume a run."""
     p = argparse.ArgumentParser(prog="python -m helpers.pipeline", description=__doc__.split("\n")[0])
@@ -99,12 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     # The kernels inherit this: progress bars would fill the executed notebooks with redraws.
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    stages = None
-    if a.stages:
-        stages = [n for n in NOTEBOOKS if any(n == s or n.startswith(s.zfill(2)) for s in a.stages.split(","))]
-    files = BUNDLED if a.bundled else [a.params] if a.params else [None]
     started, runs = time.perf_counter(), []
     try:
+        stages = select_stages(a.stages) if a.stages else None
+        if a.resume and a.set:
+            raise ConfigError("--set cannot change a run being resumed (its config.yaml is what ran); "
+                              "start a new run with --params and --set instead")
+        files = BUNDLED if a.bundled else [a.params] if a.params else [None]
         for f in files:
             runs.append(run_experiment(str(paths.ROOT / f) if a.bundled else f, a.set, a.resume, stages))
     except (StageFailed, ConfigError) as e:

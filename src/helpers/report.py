@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from . import artifacts, paths
-from .config import Config, ConfigError, diff_from_defaults
+from .config import Config, ConfigError, diff_from_defaults, flatten
 from .runs import Run, read_json
 
 SECTION_TITLES = {"explore": "Data", "clean": "Cleaning", "augment": "Augmentation", "tune": "Training",
@@ -126,17 +126,6 @@ def key_values(items: dict[str, Any]) -> str:
     """A two-column table of name / value pairs (short lists shown as rounded numbers)."""
     rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(fmt_any(v))}</td></tr>" for k, v in items.items())
     return f"<table><tbody>{rows}</tbody></table>"
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as dotted keys (lists stay values)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def page(title: str, body: str, script: str = "", wide: bool = False) -> str:
