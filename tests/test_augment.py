@@ -1,6 +1,7 @@
 """Augmentation: offline WordNet, each op, seeded output, user turns only, training rows only."""
 import copy
 from random import Random
+from typing import get_args
 
 import pytest
 
@@ -123,8 +124,9 @@ def test_verify_catches_a_changed_answer(support):
 
 
 def test_bad_ops_are_clear_errors():
-    with pytest.raises(ConfigError, match="unknown \\['synonyms'\\]"):
-        augment.check_ops(cfg_with(**{"augment.ops": ["synonyms"]}))
+    # A typo is refused by the config, naming the key, before any stage runs.
+    with pytest.raises(ConfigError, match="augment\\.ops\\.1: Input should be 'synonym', .* \\(got 'synonyms'\\)"):
+        cfg_with(**{"augment.ops": ["typo", "synonyms"]})
     with pytest.raises(ConfigError, match="for chat only"):
         augment.check_ops(config.load_config(overrides={"experiment.task": "classification",
                                                         "augment.ops": ["persona"]}))
@@ -156,3 +158,12 @@ def test_paraphrases_that_drift_away_are_rejected(support):
     augment.verify(good, support["train"])
     drifted = augment.augment_rows(support["train"], cfg, paraphraser=lambda t: "Die Antwort ist wichtig.")
     assert drifted.rows == [] and drifted.skipped == {"paraphrase": 7}
+
+
+def test_op_names_are_one_list():
+    # config.AugmentOp is the list; augment implements each name, and evaluate's robustness ops reuse them.
+    assert augment.OPS == list(get_args(config.AugmentOp))
+    assert set(augment.OPS) == set(augment.TEXT_OPS) | {"multiturn", "paraphrase"}
+    assert set(augment.WORD_OPS) <= set(augment.OPS) and augment.CHAT_ONLY <= set(augment.OPS)
+    robustness = get_args(get_args(config.EvaluateParams.model_fields["robustness_ops"].annotation)[0])
+    assert set(robustness) <= set(augment.TEXT_OPS)

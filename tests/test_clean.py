@@ -1,10 +1,13 @@
 """Cleaning: each text rule, each drop rule with its exact reason, the split, and the accounting."""
+import ast
 import copy
+import inspect
 import json
+from pathlib import Path
 
 import pytest
 
-from helpers import clean, config, data, models
+from helpers import clean, config, data, explore, models
 from helpers.config import ConfigError
 
 
@@ -105,7 +108,7 @@ def test_too_long_chats_dropped_with_reason_and_raw_as_loaded(chat_tok):
     assert set(rej) == {"source", "rule", "reason", "raw"}
     assert rej["source"] == "f:2" and rej["rule"] == "too_long"
     assert rej["reason"].startswith("too long, would be truncated: ") and rej["reason"].endswith(
-        "tokens > 40 (clean.max_tokens, default model.max_length)")
+        "tokens > 40 (model.max_length, as clean.max_tokens is unset)")
     assert json.loads(rej["raw"]) == long
 
 
@@ -127,18 +130,34 @@ def test_classification_keeps_long_texts_unless_max_tokens_is_set(cls_tok):
     ledger = clean.Ledger.of(rows)
     cfg = config.load_config(overrides={**base, "clean.max_tokens": 16})
     assert clean.filter_rows(rows, cfg, cls_tok, ledger) == rows[1:]
-    assert ledger.rejects[0]["reason"] == "too long: 102 tokens > 16 (clean.max_tokens, default model.max_length)"
+    assert ledger.rejects[0]["reason"] == "too long: 102 tokens > 16 (clean.max_tokens)"
+    assert clean.max_tokens(config.load_config(overrides=base)) == (
+        None, "no limit for classification while clean.max_tokens is unset")
+
+
+def test_token_lengths_one_definition_for_01_and_02(cls_tok, chat_tok):
+    assert explore.token_lengths is clean.token_lengths and explore.group_key is clean.group_key
+    lengths = clean.token_lengths(labelled([("short", "a"), ("word " * 10, "a")]), cls_tok)
+    assert list(lengths.columns) == ["id", "tokens"] and lengths["tokens"].tolist() == [3, 12]  # [CLS] .. [SEP]
+    chats = [{"id": "c", "source": "c", "topic": "", "messages": [{"role": "user", "content": "Hi"},
+                                                                  {"role": "assistant", "content": "Hello!"}]}]
+    assert list(clean.token_lengths(chats, chat_tok).columns) == ["id", "tokens", "loss_tokens"]
+    assert clean.token_lengths([], cls_tok)["tokens"].tolist() == []
 
 
 def test_exact_duplicates_and_label_conflicts():
     rows = labelled([("Great crew!", "pos"), ("great  CREW!", "pos"), ("Gate C4.", "neu"), ("gate c4.", "pos"),
                      ("Late again", "neg")])
     ledger = clean.Ledger.of(rows)
-    assert [r["id"] for r in clean.dedup_exact(rows, ledger)] == ["t:0", "t:4"]
+    cfg = config.load_config(overrides={"experiment.task": "classification"})
+    assert [r["id"] for r in clean.dedup_exact(rows, cfg, ledger)] == ["t:0", "t:4"]
     assert [(r["source"], r["rule"], r["reason"]) for r in ledger.rejects] == [
         ("t:1", "duplicate", "exact duplicate of t:0"),
         ("t:2", "label_conflict", "the same text is labelled ['neu', 'pos'] (also at t:3); fix the labels in the source file"),
         ("t:3", "label_conflict", "the same text is labelled ['neu', 'pos'] (also at t:2); fix the labels in the source file")]
+    off = clean.Ledger.of(rows)
+    assert clean.dedup_exact(rows, config.apply_overrides(cfg, {"clean.dedup_exact": False}), off) == rows
+    assert off.rejects == []
 
 
 def test_near_duplicates_dropped_keeping_the_first():
@@ -211,7 +230,8 @@ def test_oversample_equalizes_train_and_counts_added():
     out = clean.balance(rows, cfg, ledger)
     assert [r["label"] for r in out].count("pos") == 8 and len(out) == 16
     assert len({r["id"] for r in out}) == 16 and ledger.added == {"oversample": 6}
-    clean.accounting(ledger, {"train": out, "validation": [], "test": []})  # copies do not break the books
+    table = clean.accounting(ledger, {"train": out, "validation": [], "test": []}).set_index("step")["rows"]
+    assert table.to_dict() == {"input": 10, "kept": 10, "added: oversample (train copies)": 6}  # copies are not kept rows
 
 
 def test_undersample_rejects_with_reason_and_reconciles():
@@ -237,14 +257,30 @@ def test_accounting_catches_a_lost_row():
         clean.accounting(ledger, {"train": rows[:9], "validation": [], "test": []})
 
 
-def test_clean_all_reconciles_on_bad_labels(fixtures, cls_tok):
+def test_accounting_catches_an_inconsistent_ledger():
+    rows = imbalanced()
+    ledger = clean.Ledger.of(rows)  # a row rejected twice: the books count 11 rows
+    ledger.reject(rows[0], "duplicate", "x")
+    ledger.reject(rows[0], "near_duplicate", "x")
+    with pytest.raises(AssertionError, match="10 input rows != 9 kept \\+ 2 dropped"):
+        clean.accounting(ledger, {"train": rows[1:], "validation": [], "test": []})
+    ledger = clean.Ledger.of(rows)  # the totals add up, but row 0 is both kept and rejected (and row 9 lost)
+    ledger.reject(rows[0], "noisy", "x")
+    with pytest.raises(AssertionError, match="rows both kept and rejected: \\['t:0'\\]"):
+        clean.accounting(ledger, {"train": rows[:9], "validation": [], "test": []})
+
+
+def test_clean_all_drops_duplicates_and_label_conflicts(fixtures, cls_tok):
     cfg = cfg_for(fixtures / "labels.csv", "classification", **{"data.split": {"validation": 0.25, "test": 0.25}})
     rows = data.load(cfg).rows
-    rows = rows + [dict(rows[0], id="dup", source="dup")]  # one exact duplicate
+    rows = rows + [dict(rows[0], id="dup", source="dup"),  # an exact duplicate: the first copy stays
+                   {"id": "c1", "source": "c1", "text": "Flight 22 was on time today.", "label": "positive"},
+                   {"id": "c2", "source": "c2", "text": "flight 22 was ON time today.", "label": "neutral"}]
     splits, ledger = clean.clean_all(rows, cfg, cls_tok)
     m = clean.metrics(ledger, splits)
-    assert m["input"] == 13 and m["kept"] == 12 and m["dropped"] == {"duplicate": 1}
-    assert m["input"] == m["kept"] + sum(m["dropped"].values())
+    assert m["input"] == 15 and m["kept"] == 12 and m["dropped"] == {"label_conflict": 2, "duplicate": 1}
+    assert [(r["source"], r["rule"]) for r in ledger.rejects] == [
+        ("dup", "duplicate"), ("c1", "label_conflict"), ("c2", "label_conflict")]
     assert m["splits"] == {"train": 6, "validation": 3, "test": 3}
     assert m["labels"]["test"] == {"negative": 1, "neutral": 1, "positive": 1}
     assert m["class_weights"] == {"negative": 1.0, "neutral": 1.0, "positive": 1.0}
@@ -254,3 +290,44 @@ def test_duplicate_ids_are_refused():
     rows = labelled([("a", "x")]) * 2
     with pytest.raises(data.DataError, match="row ids must be unique"):
         clean.Ledger.of(rows)
+
+
+# ---------------------------------------------------------------- one order of steps
+
+# clean.* calls in 02 that show or record results; every other clean.* call there must be a step.
+VIEWS = {"text_rules", "examples_table", "rejects_table", "split_summary", "metrics"}
+
+
+def calls(tree: ast.AST, on: str | None) -> list[str]:
+    """Names of the functions called as `on.name(...)` (or bare `name(...)` if on is None), in source order."""
+    found = []
+    for n in ast.walk(tree):
+        if not isinstance(n, ast.Call):
+            continue
+        f = n.func
+        if on is None and isinstance(f, ast.Name):
+            found.append((n.lineno, n.col_offset, f.id))
+        elif on and isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == on:
+            found.append((n.lineno, n.col_offset, f.attr))
+    return [name for *_, name in sorted(found)]
+
+
+def test_steps_are_functions_and_clean_all_calls_them_in_order():
+    assert all(callable(getattr(clean, s)) for s in clean.STEPS)
+    body = ast.parse(inspect.getsource(clean.clean_all))
+    assert calls(body, None) == list(clean.STEPS)
+
+
+def test_notebook_02_calls_the_same_steps_in_the_same_order():
+    nb = json.loads((Path(__file__).parents[1] / "notebooks" / "02-clean-data.ipynb").read_text())
+    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    used = calls(ast.parse(code), "clean")
+    assert [name for name in used if name not in VIEWS] == list(clean.STEPS), \
+        "02-clean-data must call exactly clean.STEPS in order (a new display helper goes into VIEWS)"
+
+
+def test_group_key_label_topic_or_none():
+    chats = [{"id": "a", "source": "a", "topic": "", "messages": []}]
+    assert clean.group_key(labelled([("a", "x")])) == "label" and clean.group_key(chats) is None
+    assert clean.group_key([dict(chats[0], topic="food")]) == "topic"
+    assert clean.split_key({"train": chats, "validation": [], "test": []}) == "topic"  # "(none)" rows

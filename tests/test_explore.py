@@ -24,10 +24,18 @@ def test_summary_counts_set_aside_rows_per_rule(fixtures):
     cfg = config.load_config(overrides={"data.source": str(fixtures / "chat_bad.jsonl")})
     loaded = data.load(cfg)
     assert explore.summary(loaded, cfg) == {"task": "chat", "source": str(fixtures / "chat_bad.jsonl"), "rows": 2,
-                                            "set_aside": 6, "set_aside_by_rule": {"json": 1, "schema": 5}}
+                                            "set_aside": 6, "set_aside_by_rule": {"json": 1, "schema": 5},
+                                            "filtered": 0, "filtered_by_reason": {}}
     table = explore.problems_table(loaded.problems)
     assert list(table.columns) == ["source", "rule", "reason"]
     assert table.iloc[3].tolist() == ["chat_bad.jsonl:5", "schema", "message 1 (assistant) has empty content"]
+
+
+def test_summary_counts_rows_left_out_on_purpose(fixtures):
+    cfg = config.load_config(overrides={"data.source": str(fixtures / "chat_bad.jsonl"), "data.max_examples": 1})
+    got = explore.summary(data.load(cfg), cfg)
+    assert (got["rows"], got["set_aside"], got["filtered"]) == (1, 6, 1)
+    assert got["filtered_by_reason"] == {"left out by the data.max_examples=1 subsample": 1}
 
 
 def test_row_warnings_name_each_finding():
@@ -40,6 +48,8 @@ def test_row_warnings_name_each_finding():
         ["c:0", "replacement_char"], ["c:1", "tiny_turn"], ["c:2", "echo"], ["c:3", "same_role_twice"]]
     labels = [{"id": str(i), "source": str(i), "text": "t", "label": l} for i, l in enumerate(["positive", "Positive"])]
     assert explore.row_warnings(labels)["check"].tolist() == ["label_variant", "label_variant"]
+    assert explore.warning_metrics(found) == {"warnings": {"replacement_char": 1, "tiny_turn": 1, "echo": 1,
+                                                           "same_role_twice": 1}}
 
 
 def test_token_lengths_use_the_chat_template_and_count_loss_tokens(tok):
@@ -88,7 +98,9 @@ def test_group_views_by_label():
     rows = [{"id": str(i), "source": str(i), "text": t, "label": l} for i, (t, l) in enumerate(
         [("late flight again", "neg"), ("late bags", "neg"), ("great crew", "pos")])]
     assert explore.group_key(rows) == "label" and explore.top_groups(rows, 1) == ["neg"]
-    assert explore.group_sizes(rows, "label").values.tolist() == [["neg", 2, 0.667], ["pos", 1, 0.333]]
+    sizes = explore.group_sizes(rows, "label")
+    assert sizes.values.tolist() == [["neg", 2, 0.667], ["pos", 1, 0.333]]
+    assert explore.group_metrics(sizes, "label") == {"rows_per_label": {"neg": 2, "pos": 1}}
     freqs = explore.frequencies_by_group(rows, ["neg", "pos"])
     assert freqs["label: neg"] == {"late": 2, "flight": 1, "bags": 1} and freqs["label: pos"] == {"great": 1, "crew": 1}
     assert explore.ngrams_by_group(rows, ["neg"], 1, 2)["neg"].tolist() == ["late (2)", "bags (1)"]
@@ -102,6 +114,8 @@ def test_topics_separate_clear_themes():
     assert [len(set(assigned[i:i + 4])) for i in (0, 4, 8)] == [1, 1, 1] and len(set(assigned)) == 4
     refund = table.set_index("topic")["top_words"][assigned[0]]
     assert set(refund.split(", ")) == {"refund", "payment", "charge"}
+    got = explore.topic_metrics(table)["nmf_topics"]
+    assert got[refund] == 4 and sorted(got.values()) == [1, 4, 4, 4]
 
 
 def test_near_duplicates_pairs_skip_exact_copies():
@@ -111,6 +125,9 @@ def test_near_duplicates_pairs_skip_exact_copies():
     pairs = explore.near_duplicates(rows, 0.6, seed=0)
     assert pairs[["source_a", "source_b"]].values.tolist() == [["c:0", "c:1"]]
     assert pairs["similarity"][0] == 0.714
+    outliers = pd.DataFrame({"source": ["c:3"]})
+    assert explore.duplicate_metrics(rows, pairs, outliers) == {"exact_duplicates": 1, "near_duplicate_pairs": 1,
+                                                                "length_outliers": 1}
 
 
 def test_length_outliers_outside_tukey_fences():
@@ -128,6 +145,15 @@ def test_noise_indicator_shares():
                                        "@handle": 1, "non_ascii": 1, "control_chars": 0, "mojibake": 1}
     assert noise.loc["url", "share"] == 0.25 and noise.loc["url", "examples"] == "see https://t.co/x"
     assert noise.loc["phone", "examples"] == "<b>bold</b> &amp; call 555-123-4567"
+    shares = explore.noise_metrics(noise.reset_index())["noise"]
+    assert shares["url"] == 0.25 and shares["email"] == 0.0 and len(shares) == 9
+
+
+def test_chat_metrics():
+    roles = pd.DataFrame([{"role": "user", "turns": 3, "tokens": 12, "tokens_per_turn": 4.0}])
+    turns = pd.DataFrame({"user_turns": [1, 2], "chats": [1, 1]})
+    assert explore.chat_metrics(roles, turns) == {
+        "roles": {"user": {"turns": 3, "tokens": 12, "tokens_per_turn": 4.0}}, "user_turns": {"1": 1, "2": 1}}
 
 
 def test_figures_build():

@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from random import Random
+from typing import get_args
 
 import pandas as pd
 
 from . import chat, clean, paths
-from .config import Config, ConfigError
+from .config import AugmentOp, Config, ConfigError
 
 WORD_OPS = ["synonym", "swap", "delete", "insert"]  # EDA (Wei & Zou, 2019)
-OPS = WORD_OPS + ["typo", "case", "punct", "persona", "multiturn", "paraphrase"]
+OPS = list(get_args(AugmentOp))  # one list of names: the config rejects any other op up front
 CHAT_ONLY = {"persona", "multiturn", "paraphrase"}  # they could change a text's label
 TRIES = 5  # rows tried per new row before an op is counted as skipped
 
@@ -249,10 +250,7 @@ class Augmented:
 
 def check_ops(cfg: Config) -> list[str]:
     """The configured ops, validated for the task."""
-    ops = cfg.augment.ops
-    unknown = [o for o in ops if o not in OPS]
-    if unknown:
-        raise ConfigError(f"augment.ops: unknown {unknown}; choose from {OPS}")
+    ops = cfg.augment.ops  # names already checked by the config (AugmentParams.ops)
     if cfg.experiment.task == "classification" and CHAT_ONLY & set(ops):
         raise ConfigError(f"augment.ops: {sorted(CHAT_ONLY & set(ops))} are for chat only (a persona or a "
                           f"paraphrase could change a text's label); remove them for classification")

@@ -1,11 +1,12 @@
 """Clean loaded rows, drop what cannot be trained on (with the reason), split train/validation/test.
 
-Steps, in the order 02-clean-data runs them, all recorded in one `Ledger`:
-normalize (text rules, every text field) -> filter (too short, noisy, too long, length
-outliers) -> exact duplicates -> near-duplicates -> similarity groups -> seeded split ->
-class balance on train. Every dropped row is a reject {"source", "rule", "reason", "raw"}
-where raw is the row as loaded (the input is never modified), and the accounting
-input = kept + dropped per rule is asserted.
+The steps, in the one order `STEPS` names (`clean_all` and 02-clean-data both follow it, and
+tests/test_clean.py checks that both do), all recorded in one `Ledger`: normalize (text rules,
+every text field) -> filter (too short, noisy, too long, length outliers) -> exact duplicates
+-> near-duplicates -> similarity groups -> seeded split -> class balance on train -> accounting.
+Every dropped row is a reject {"source", "rule", "reason", "raw"} where raw is the row as
+loaded (the input is never modified), and the accounting input = kept + dropped per rule is
+checked.
 """
 from __future__ import annotations
 
@@ -273,21 +274,29 @@ def symbol_share(text: str) -> float:
     return sum(1 for c in chars if not c.isalpha()) / len(chars) if chars else 0.0
 
 
-def token_lengths(rows: list[dict], tokenizer) -> list[int]:
-    """Tokens per row as the model sees it: chats under the chat template, texts with special tokens."""
+def token_lengths(rows: list[dict], tokenizer) -> pd.DataFrame:
+    """Tokens per row as the model sees it (chats under the chat template, texts with special
+    tokens) and, for chats, the loss tokens; 01 shows these numbers, 02 drops rows by them."""
+    ids = [r["id"] for r in rows]
     if rows and "messages" in rows[0]:
-        return [len(chat.encode(tokenizer, r["messages"], max_length=10**9).input_ids) for r in rows]
-    return [len(ids) for ids in tokenizer([r["text"] for r in rows], add_special_tokens=True)["input_ids"]]
+        enc = [chat.encode(tokenizer, r["messages"], max_length=10**9) for r in rows]
+        return pd.DataFrame({"id": ids, "tokens": [len(e.input_ids) for e in enc],
+                             "loss_tokens": [e.n_loss_tokens for e in enc]})
+    texts = [r["text"] for r in rows]
+    tokens = [len(i) for i in tokenizer(texts, add_special_tokens=True)["input_ids"]] if texts else []
+    return pd.DataFrame({"id": ids, "tokens": tokens}, columns=["id", "tokens"])
 
 
-def max_tokens(cfg: Config) -> int | None:
-    """The token limit rows are dropped above: clean.max_tokens, else model.max_length for chat."""
+def max_tokens(cfg: Config) -> tuple[int | None, str]:
+    """The token limit rows are dropped above (None: no limit) and the setting it comes from."""
     # Chat: a cut example loses its answer's end (and end-of-turn token), so the model never
     # learns to stop. Classification keeps long texts unless asked: the classifier reads the
     # first max_length tokens, which in short texts carry the label.
     if cfg.clean.max_tokens is not None:
-        return cfg.clean.max_tokens
-    return cfg.model.max_length if cfg.experiment.task == "chat" else None
+        return cfg.clean.max_tokens, "clean.max_tokens"
+    if cfg.experiment.task == "chat":
+        return cfg.model.max_length, "model.max_length, as clean.max_tokens is unset"
+    return None, "no limit for classification while clean.max_tokens is unset"
 
 
 def iqr_fences(values: list[float], k: float) -> tuple[float, float]:
@@ -312,17 +321,16 @@ def filter_rows(rows: list[dict], cfg: Config, tokenizer, ledger: Ledger) -> lis
                                         f"(clean.max_symbol_share: {c.max_symbol_share})")
         else:
             kept.append(row)
-    limit = max_tokens(cfg)
+    limit, setting = max_tokens(cfg)
     if limit is None and c.outlier_iqr_k is None:
         return kept
-    lengths = token_lengths(kept, tokenizer)
+    lengths = token_lengths(kept, tokenizer)["tokens"].tolist()
     lo, hi = iqr_fences(lengths, c.outlier_iqr_k) if c.outlier_iqr_k is not None else (-np.inf, np.inf)
     out = []
     for row, n in zip(kept, lengths):
         if limit is not None and n > limit:
             what = "too long, would be truncated" if "messages" in row else "too long"
-            ledger.reject(row, "too_long", f"{what}: {n} tokens > {limit} "
-                                           f"(clean.max_tokens, default model.max_length)")
+            ledger.reject(row, "too_long", f"{what}: {n} tokens > {limit} ({setting})")
         elif not lo <= n <= hi:
             ledger.reject(row, "length_outlier", f"{n} tokens is outside the IQR fences [{lo:.0f}, {hi:.0f}] "
                                                  f"(clean.outlier_iqr_k: {c.outlier_iqr_k})")
@@ -343,8 +351,10 @@ def dedup_key(row: dict) -> str:
     return norm(row["text"])
 
 
-def dedup_exact(rows: list[dict], ledger: Ledger) -> list[dict]:
+def dedup_exact(rows: list[dict], cfg: Config, ledger: Ledger) -> list[dict]:
     """Keep the first of each set of identical rows; drop all copies of a text with clashing labels."""
+    if not cfg.clean.dedup_exact:
+        return rows
     by_key: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         by_key[dedup_key(row)].append(row)
@@ -548,9 +558,21 @@ def rejects_table(ledger: Ledger, rules: list[str] | None = None, per_rule: int 
     return df.groupby("rule", sort=False).head(per_rule).reset_index(drop=True)
 
 
+def group_key(rows: list[dict]) -> str | None:
+    """What rows are grouped by in per-group views: label, else topic (if chats have topics)."""
+    if rows and "label" in rows[0]:
+        return "label"
+    return "topic" if any(r.get("topic") for r in rows) else None
+
+
+def split_key(splits: dict[str, list[dict]]) -> str:
+    """The per-group key of split tables and metrics: label or topic (chats without topics: "(none)")."""
+    return group_key([r for rows in splits.values() for r in rows]) or "topic"
+
+
 def split_summary(splits: dict[str, list[dict]]) -> pd.DataFrame:
     """Rows per split and per label (classification) or topic (chat)."""
-    key = "label" if any("label" in r for rows in splits.values() for r in rows) else "topic"
+    key = split_key(splits)
     table = pd.DataFrame({name: Counter(r.get(key) or "(none)" for r in rows) for name, rows in splits.items()})
     table = table.fillna(0).astype(int).sort_index()
     table.loc["total"] = table.sum()
@@ -559,7 +581,7 @@ def split_summary(splits: dict[str, list[dict]]) -> pd.DataFrame:
 
 def metrics(ledger: Ledger, splits: dict[str, list[dict]]) -> dict:
     """The numbers 02 records under metrics["clean"]."""
-    key = "label" if any("label" in r for rows in splits.values() for r in rows) else "topic"
+    key = split_key(splits)
     out = {
         "input": ledger.input,
         "kept": len({r["id"] for rows in splits.values() for r in rows if r["id"] in ledger.originals}),
@@ -574,15 +596,24 @@ def metrics(ledger: Ledger, splits: dict[str, list[dict]]) -> dict:
     return out
 
 
+# ---------------------------------------------------------------- the steps, in order
+
+# The one order of the steps. clean_all calls exactly these, in this order, and so do the cells
+# of 02-clean-data (which show each step's result in between); tests/test_clean.py reads both
+# and fails if either skips, adds or reorders a step. Each step decides from cfg whether it acts.
+STEPS = ("normalize", "filter_rows", "dedup_exact", "dedup_near", "similarity_groups", "split_rows",
+         "balance", "accounting")
+
+
 def clean_all(rows: list[dict], cfg: Config, tokenizer) -> tuple[dict[str, list[dict]], Ledger]:
-    """Every step of 02 in order: the splits to write and the ledger of what was done."""
+    """Every step of 02 in STEPS order: the splits to write and the ledger of what was done."""
     ledger = Ledger.of(rows)
     rows = normalize(rows, cfg, ledger)
     rows = filter_rows(rows, cfg, tokenizer, ledger)
-    if cfg.clean.dedup_exact:
-        rows = dedup_exact(rows, ledger)
+    rows = dedup_exact(rows, cfg, ledger)
     rows = dedup_near(rows, cfg, ledger)
-    splits = split_rows(rows, cfg, similarity_groups(rows, cfg.clean.group_threshold, cfg.experiment.seed))
+    groups = similarity_groups(rows, cfg.clean.group_threshold, cfg.experiment.seed)
+    splits = split_rows(rows, cfg, groups)
     splits["train"] = balance(splits["train"], cfg, ledger)
     accounting(ledger, splits)
     return splits, ledger

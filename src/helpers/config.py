@@ -211,8 +211,9 @@ class SearchParams(Section):
     sampler: Literal["grid", "random", "tpe"] = "tpe"
     n_trials: int = Field(8, ge=1)
     # None = sqlite in the run folder (one worker); any Optuna storage URL. On a shared
-    # non-SQLite storage each worker's sampler seed also mixes in its host and process id, so
-    # workers starting together draw different trials (env TUNEBOOK_SEARCH_WORKER overrides it).
+    # non-SQLite storage each worker's TPE / random seed also mixes in its host and process id,
+    # so workers starting together draw different trials (env TUNEBOOK_SEARCH_WORKER names a
+    # worker instead); grid workers share one seed: the grid hands each a different point.
     storage: str | None = None
     # Dotted params keys -> {type: float|int|categorical, low, high, log, step, choices},
     # e.g. {"tune.learning_rate": {type: float, low: 1e-5, high: 1e-3, log: true}}.

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import chat, clean, models
+from .clean import group_key, token_lengths  # one definition each: 01 measures what 02 acts on
 from .config import Config
 from .data import Loaded
 
@@ -29,9 +30,12 @@ TOKEN_PATTERN = r"(?u)\b[^\W\d_]{2,}\b"  # words of two or more letters: numbers
 # ---------------------------------------------------------------- counts and problems
 
 def summary(loaded: Loaded, cfg: Config) -> dict:
-    """Rows kept and set aside by validation, set-aside rows per rule."""
+    """Rows kept, rows set aside by validation (per rule), rows left out on purpose (per reason)."""
+    # `filtered`: rows the source's definition or the data.max_examples subsample leaves out by
+    # design (not bad rows), counted so that every row of the source is accounted for.
     return {"task": cfg.experiment.task, "source": cfg.data.source, "rows": len(loaded.rows),
-            "set_aside": len(loaded.problems), "set_aside_by_rule": dict(Counter(p["rule"] for p in loaded.problems))}
+            "set_aside": len(loaded.problems), "set_aside_by_rule": dict(Counter(p["rule"] for p in loaded.problems)),
+            "filtered": sum(loaded.filtered.values()), "filtered_by_reason": dict(loaded.filtered)}
 
 
 def problems_table(problems: list[dict]) -> pd.DataFrame:
@@ -52,6 +56,11 @@ def row_warnings(rows: list[dict]) -> pd.DataFrame:
     for row in rows:
         found += [{"source": row["source"], "check": c, "detail": d} for c, d in _row_findings(row)]
     return pd.DataFrame(found, columns=["source", "check", "detail"])
+
+
+def warning_metrics(warnings_found: pd.DataFrame) -> dict:
+    """Row warnings per check, for metrics["explore"]."""
+    return {"warnings": {k: int(v) for k, v in warnings_found["check"].value_counts().items()}}
 
 
 def _row_findings(row: dict) -> list[tuple[str, str]]:
@@ -84,15 +93,6 @@ def _row_findings(row: dict) -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------- lengths in tokens
-
-def token_lengths(rows: list[dict], tokenizer) -> pd.DataFrame:
-    """Tokens per row as the model sees it (chat template included) and, for chats, loss tokens."""
-    if rows and "messages" in rows[0]:
-        enc = [chat.encode(tokenizer, r["messages"], max_length=10**9) for r in rows]
-        return pd.DataFrame({"id": [r["id"] for r in rows], "tokens": [len(e.input_ids) for e in enc],
-                             "loss_tokens": [e.n_loss_tokens for e in enc]})
-    return pd.DataFrame({"id": [r["id"] for r in rows], "tokens": clean.token_lengths(rows, tokenizer)})
-
 
 def length_stats(lengths: pd.DataFrame, max_length: int) -> dict:
     """Mean / median / p95 / max tokens and how many rows exceed model.max_length."""
@@ -203,6 +203,11 @@ def group_sizes(rows: list[dict], key: str) -> pd.DataFrame:
     return df
 
 
+def group_metrics(sizes: pd.DataFrame, key: str) -> dict:
+    """Rows per label or topic (a group_sizes table), for metrics["explore"]."""
+    return {f"rows_per_{key}": {str(g): int(n) for g, n in zip(sizes[key], sizes["rows"])}}
+
+
 def bar_chart(df: pd.DataFrame, x: str, y: str, title: str):
     """A horizontal bar chart of one column against another."""
     import matplotlib.pyplot as plt
@@ -229,11 +234,10 @@ def turns_per_chat(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(sorted(counts.items()), columns=["user_turns", "chats"])
 
 
-def group_key(rows: list[dict]) -> str | None:
-    """What rows are grouped by in per-group views: label, else topic (if chats have topics)."""
-    if rows and "label" in rows[0]:
-        return "label"
-    return "topic" if any(r.get("topic") for r in rows) else None
+def chat_metrics(roles: pd.DataFrame, turns: pd.DataFrame) -> dict:
+    """Turns and tokens per role, and chats per number of user turns, for metrics["explore"]."""
+    return {"roles": roles.set_index("role").to_dict("index"),
+            "user_turns": {str(t): int(n) for t, n in zip(turns["user_turns"], turns["chats"])}}
 
 
 def top_groups(rows: list[dict], n: int) -> list[str]:
@@ -348,6 +352,11 @@ def topics(texts: list[str], k: int, words: int, seed: int) -> tuple[pd.DataFram
     return pd.DataFrame(lines), assigned
 
 
+def topic_metrics(table: pd.DataFrame) -> dict:
+    """Rows per NMF topic, keyed by its top words, for metrics["explore"]."""
+    return {"nmf_topics": {w: int(n) for w, n in zip(table["top_words"], table["rows"])}}
+
+
 # ---------------------------------------------------------------- duplicates, outliers, noise
 
 def exact_duplicates(rows: list[dict]) -> int:
@@ -369,6 +378,12 @@ def near_duplicates(rows: list[dict], threshold: float, seed: int) -> pd.DataFra
                         "text_a": texts[i][:120], "text_b": texts[j][:120]} for i, j, s in pairs],
                       columns=["similarity", "source_a", "source_b", "text_a", "text_b"])
     return df.sort_values("similarity", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def duplicate_metrics(rows: list[dict], pairs: pd.DataFrame, outliers: pd.DataFrame) -> dict:
+    """Exact duplicates, near-duplicate pairs and length outliers, for metrics["explore"]."""
+    return {"exact_duplicates": exact_duplicates(rows), "near_duplicate_pairs": len(pairs),
+            "length_outliers": len(outliers)}
 
 
 def length_outliers(rows: list[dict], lengths: pd.DataFrame, k: float) -> pd.DataFrame:
@@ -415,6 +430,11 @@ def noise_indicators(rows: list[dict], examples: int) -> pd.DataFrame:
         lines.append({"indicator": name, "rows": len(hits), "share": round(len(hits) / max(len(texts), 1), 4),
                       "examples": " | ".join(shown)})
     return pd.DataFrame(lines)
+
+
+def noise_metrics(noise: pd.DataFrame) -> dict:
+    """Share of rows per noise indicator (a noise_indicators table), for metrics["explore"]."""
+    return {"noise": {i: float(s) for i, s in zip(noise["indicator"], noise["share"])}}
 
 
 def print_pairs(df: pd.DataFrame, n: int) -> str:
