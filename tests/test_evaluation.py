@@ -1,12 +1,14 @@
 """Stage 05 helpers on tiny, hand-checkable inputs (a 1-layer random model for the chat paths)."""
 import math
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from helpers import chat, data, evaluation, models, runs
-from helpers.config import load_config
+from helpers.config import ConfigError, load_config
 
 SYSTEM = {"role": "system", "content": "You are terse."}
 
@@ -56,12 +58,51 @@ def test_batched_left_padded_generation_equals_one_at_a_time(tok, tiny_lm):
         assert 1 <= ans["new_tokens"] <= 6
 
 
-def test_bf16_check_reports_both_precisions(tok, tiny_lm):
+def test_bf16_check_runs_on_a_real_model(tok, tiny_lm):
     cfg = load_config(overrides={"evaluate.batch_size": 2, "model.max_length": 64})
     table = evaluation.check_bf16({"tuned": tiny_lm}, tok, [convo(0), convo(1)], cfg)
     row = table.loc["tuned"]
     assert row["relative_diff"] == pytest.approx(abs(row["bf16_perplexity"] / row["fp32_perplexity"] - 1))
-    assert evaluation.bf16_ok(table) == bool(row["bf16_passes"])
+    assert row["bf16_passes"] == evaluation.bf16_passes(row, 0.005)
+
+
+@pytest.mark.parametrize("bf16_nll, bf16_seconds, passes", [
+    (1.002, 0.5, True),  # perplexity e^1.002 vs e^1: 0.2% apart, and faster
+    (1.002, 2.0, False),  # close enough, but slower
+    (1.1, 0.5, False),  # faster, but perplexity 10.5% off
+])
+def test_bf16_check_passes_only_when_close_and_faster(monkeypatch, bf16_nll, bf16_seconds, passes):
+    """A controlled check: fixed NLLs and a clock that each scoring pass advances by a set time."""
+    clock = [0.0]
+
+    def fake_nlls(model, tokenizer, rows, max_length, batch_size, bf16=False):
+        clock[0] += bf16_seconds if bf16 else 1.0
+        return [np.full(4, bf16_nll if bf16 else 1.0) for _ in rows]
+
+    monkeypatch.setattr(evaluation, "token_nlls", fake_nlls)
+    monkeypatch.setattr(evaluation, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    cfg = load_config(overrides={"evaluate.batch_size": 2})
+    table = evaluation.check_bf16({"base": None, "tuned": None}, None, [convo(0), convo(1)], cfg)
+    assert table.loc["tuned", "relative_diff"] == pytest.approx(math.exp(bf16_nll - 1) - 1)
+    assert list(table["bf16_passes"]) == [passes, passes] and evaluation.bf16_ok(table) == passes
+    # One model failing keeps both in fp32: base and tuned are compared in one precision.
+    assert not evaluation.bf16_ok(table.assign(bf16_passes=[True, False]))
+
+
+def test_scoring_precision_follows_the_setting(monkeypatch):
+    rows = [convo(0)]
+    for setting, bf16 in (("fp32", False), ("bf16", True)):  # no check runs: the models are never called
+        cfg = load_config(overrides={"evaluate.precision": setting})
+        assert evaluation.scoring_precision({"tuned": None}, None, rows, cfg) == (bf16, None)
+    assert load_config().evaluate.precision == "fp32"  # default: results depend only on the seed
+    for passes in (True, False):
+        check = pd.DataFrame({"model": ["base", "tuned"], "bf16_passes": [passes, True],
+                              "relative_diff": [0.001, 0.002]}).set_index("model")
+        monkeypatch.setattr(evaluation, "check_bf16", lambda *a, **k: check)
+        bf16, got = evaluation.scoring_precision({}, None, rows, load_config(overrides={"evaluate.precision": "auto"}))
+        assert bf16 == passes and got is check
+    with pytest.raises(ConfigError, match="evaluate.precision"):
+        load_config(overrides={"evaluate.precision": "fp16"})
 
 
 def test_slices_topic_turns_and_augmentation():
@@ -81,6 +122,9 @@ def test_perplexity_table_by_hand():
     assert overall["base_ppl"] == pytest.approx(4) and overall["tuned_ppl"] == pytest.approx(2)
     assert overall["change_pct"] == pytest.approx(-50) and overall["change_lo"] == pytest.approx(-50)
     assert table.loc[("topic", "a"), "tokens"] == 5 and table.loc[("topic", "b"), "examples"] == 1
+    head = evaluation.chat_headline(table.reset_index(), bf16=False)
+    assert head["perplexity_tuned"] == pytest.approx(2) and head["bf16"] is False
+    assert "bf16_relative_diff" not in head  # no check ran (evaluate.precision fp32)
 
 
 def test_example_losses_never_lists_one_example_twice():
@@ -100,8 +144,8 @@ def test_perturb_rows_changes_only_user_turns_and_is_seeded():
         else:
             assert after == before
     assert any(a != b for a, b in zip(rows[0]["messages"], noisy[0]["messages"]))
-    with pytest.raises(ValueError, match="robustness_ops"):
-        evaluation.perturb_rows(rows, "shout", seed=1, share=0.5)
+    with pytest.raises(ConfigError, match="evaluate.robustness_ops"):  # the config names the usable ops
+        load_config(overrides={"evaluate.robustness_ops": ["shout"]})
 
 
 def test_test_rows_seeded_subsample(reports):

@@ -103,3 +103,6 @@ def test_bootstrap_ci_constant_seeded_and_covering():
     first = metrics.bootstrap_ci(lambda idx: x[idx].mean(), 100, 300, seed=7)
     assert first == metrics.bootstrap_ci(lambda idx: x[idx].mean(), 100, 300, seed=7)
     assert first[0] < 49.5 < first[1] and first[1] - first[0] < 20
+    assert first != metrics.bootstrap_ci(lambda idx: x[idx].mean(), 100, 300, seed=8)  # the seed matters
+    with pytest.raises(TypeError, match="seed"):
+        metrics.bootstrap_ci(lambda idx: x[idx].mean(), 100, 300)  # no default: callers pass the one seed

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from helpers import data, paths, runs, search
-from helpers.config import ConfigError, load_config
+from helpers.config import ConfigError, apply_overrides, load_config
 
 SMOKE_SENTIMENT = paths.PARAMS / "smoke-sentiment.yaml"
 
@@ -46,16 +46,46 @@ def test_grid_lists_every_value_and_needs_discrete_floats():
         search.grid(search.parse_space(cfg_with({"tune.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.1}})))
 
 
-def test_suggest_follows_the_space_and_seed():
-    space = search.parse_space(cfg_with({
-        "tune.learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
-        "tune.lora.r": {"type": "categorical", "choices": [4, 8, 16]}}))
-    draws = []
-    for _ in range(2):
-        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=7))
-        draws.append(search.suggest(study.ask(), space))
-    assert draws[0] == draws[1]  # the one seed gives the same trials
-    assert 1e-5 <= draws[0]["tune.learning_rate"] <= 1e-3 and draws[0]["tune.lora.r"] in (4, 8, 16)
+@pytest.mark.parametrize("kind", ["tpe", "random", "grid"])
+def test_studies_draw_by_the_one_seed(tmp_path, monkeypatch, kind):
+    """open_study as a search opens it: the same seed draws the same trials, another seed others."""
+    monkeypatch.delenv(search.WORKER_ENV, raising=False)
+    lr = {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}
+    if kind == "grid":  # the grid needs discrete values: 8 x 3 points, walked in an order the seed shuffles
+        lr = {"type": "categorical", "choices": [1e-5 * 2 ** i for i in range(8)]}
+    cfg = cfg_with({"tune.learning_rate": lr, "tune.lora.r": {"type": "categorical", "choices": [4, 8, 16]}},
+                   sampler=kind)
+    space = search.parse_space(cfg)
+
+    def draws(seed: int) -> list[dict]:
+        """The first 4 trials a fresh study of a fresh run asks for."""
+        run = runs.create_run(apply_overrides(cfg, {"experiment.seed": seed}), reports=tmp_path)
+        study = search.open_study(run, run.config(), space)
+        return [search.suggest(study.ask(), space) for _ in range(4)]
+
+    first = draws(7)
+    assert first == draws(7)  # the one seed gives the same trials
+    assert first != draws(8)  # and another seed other ones
+    assert all(1e-5 <= d["tune.learning_rate"] <= 1e-3 and d["tune.lora.r"] in (4, 8, 16) for d in first)
+
+
+def test_parallel_workers_get_their_own_sampler_seed(monkeypatch):
+    monkeypatch.delenv(search.WORKER_ENV, raising=False)
+    local = load_config(SMOKE_SENTIMENT, {"experiment.seed": 5})
+    assert search.sampler_seed(local, 3) == 8  # one worker on SQLite: the seed shifted by the trials
+    shared = apply_overrides(local, {"search.storage": "postgresql://user@db/optuna"})
+    mine = search.sampler_seed(shared, 3)
+    assert mine != search.sampler_seed(local, 3) and mine == search.sampler_seed(shared, 3)  # this process: stable
+    monkeypatch.setattr(search.os, "getpid", lambda: 123456789)  # another worker process, same trial count
+    assert search.sampler_seed(shared, 3) != mine
+    seeds = set()
+    for worker in ("a", "b"):  # named workers: each one's draws repeat, and differ from the other's
+        monkeypatch.setenv(search.WORKER_ENV, worker)
+        seeds.add(search.sampler_seed(shared, 3))
+        assert search.sampler_seed(shared, 3) == search.sampler_seed(local, 3)  # a name applies to any storage
+    assert len(seeds) == 2 and all(0 <= s < 2 ** 32 for s in seeds)  # numpy takes 32-bit seeds
+    # The grid's seed is its order, which every worker and continuation must share.
+    assert search.sampler_seed(apply_overrides(shared, {"search.sampler": "grid"}), 3) == 5
 
 
 def test_pruning_callback_stops_a_trial_worse_than_the_median():
@@ -83,35 +113,43 @@ def test_trial_score_ignores_step_0():
     assert search.trial_score(history, "eval_loss", "maximize") == 0.9
 
 
-def test_search_writes_trials_figures_and_a_best_yaml_that_reruns(tmp_path):
+def test_search_writes_trials_figures_a_best_yaml_and_the_runs_config(tmp_path, monkeypatch):
+    monkeypatch.delenv(search.WORKER_ENV, raising=False)
     tweets = data.load(load_config(SMOKE_SENTIMENT)).rows
+    grid = [1e-4, 1e-3, 3e-3]
     cfg = load_config(SMOKE_SENTIMENT, {
         "tune.max_steps": 2, "tune.eval_steps": 2, "tune.save_steps": 2, "tune.batch_size": 8,
         "search.enabled": True, "search.sampler": "grid", "search.n_trials": 2,
-        "search.space": {"tune.learning_rate": {"type": "categorical", "choices": [1e-4, 3e-3]}}})
+        "search.space": {"tune.learning_rate": {"type": "categorical", "choices": grid}}})
     run = runs.create_run(cfg, reports=tmp_path)
     data.write_jsonl(run.data / "train.jsonl", tweets[:32])
     data.write_jsonl(run.data / "validation.jsonl", tweets[32:48])
 
     study = search.run_search(run, cfg)
     assert (run.dir / "search.db").is_file()
-    assert sorted(t.params["tune.learning_rate"] for t in study.trials) == [1e-4, 3e-3]  # the whole grid
+    tried = [t.params["tune.learning_rate"] for t in study.trials]
+    assert len(tried) == 2 and len(set(tried)) == 2 and set(tried) < set(grid)  # 2 grid points, no repeat
     table = search.trials_table(study)
     assert list(table["number"]) == [0, 1] and "tune.learning_rate" in table
     assert (run.figures / "search-history.png").is_file()
     assert (run.dir / "tables" / "search-trials.csv").is_file()
     assert runs.read_json(run.metrics_file)["search"]["best_value"] == study.best_value
-
-    best = search.best_config(cfg, study)
-    path = search.write_best(run, best)
-    assert "extends" not in yaml.safe_load(path.read_text())
-    again = load_config(path)
-    assert again == best and again.tune.learning_rate == study.best_params["tune.learning_rate"]
-    assert not again.search.enabled and again.experiment.name == "smoke-sentiment-best"
     for trial in (0, 1):  # each trial's log is kept, its checkpoints are not
         folder = run.model / "search" / f"trial-{trial}"
         assert (folder / "log_history.json").is_file() and not (folder / "checkpoints").exists()
 
-    # Rerun on the same folder: the study is continued, not restarted.
-    more = search.run_search(run, load_config(run.config_file, {"search.n_trials": 2}))
-    assert len(more.trials) == 2
+    best = search.apply_best(run, cfg, study)
+    assert best == search.best_config(cfg, study) and not best.search.enabled
+    assert best.tune.learning_rate == study.best_params["tune.learning_rate"]
+    assert run.config() == best  # 05 and 06 read the settings model/final was trained with
+    path = run.dir / "search-best.yaml"
+    assert "extends" not in yaml.safe_load(path.read_text())
+    again = load_config(path)  # reruns the best trial as an experiment of its own
+    assert again == apply_overrides(best, {"experiment.name": "smoke-sentiment-best"})
+
+    # Rerun on the same folder, from its config.yaml, with one more trial: the study is
+    # continued (its name is the run's), the first two trials stay as they were.
+    before = [(t.number, t.params, t.value) for t in study.trials]
+    more = search.run_search(run, apply_overrides(run.config(), {"search.n_trials": 3}))
+    assert [(t.number, t.params, t.value) for t in more.trials[:2]] == before
+    assert len(more.trials) == 3 and sorted(t.params["tune.learning_rate"] for t in more.trials) == grid

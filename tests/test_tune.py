@@ -6,7 +6,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
 
-from helpers import chat, data, models, paths, runs, tune
+from helpers import chat, clean, data, evaluation, models, paths, runs, tune
 from helpers.config import ConfigError, apply_overrides, load_config
 
 SMOKE = paths.PARAMS / "smoke.yaml"
@@ -135,9 +135,27 @@ def test_bad_tune_params_name_the_key():
 
 def test_class_weights_are_balanced_and_need_every_label():
     rows = [{"label": "a"}] * 3 + [{"label": "b"}]
-    assert tune.class_weights(rows, ["a", "b"]).tolist() == pytest.approx([4 / 6, 2.0])
+    # clean.class_weights (rounded to 4 decimals for metrics.json), in the model's label order.
+    assert tune.class_weights(rows, ["a", "b"]).tolist() == pytest.approx([4 / 6, 2.0], abs=1e-4)
+    assert tune.class_weights(rows, ["b", "a"]).tolist() == pytest.approx([2.0, 4 / 6], abs=1e-4)
+    assert tune.class_weights(rows, ["a", "b"]).tolist() == pytest.approx(list(clean.class_weights(rows).values()))
     with pytest.raises(data.DataError, match="'c'"):
         tune.class_weights(rows, ["a", "b", "c"])
+
+
+def test_train_file_is_the_augmented_one_when_03_wrote_it(tmp_path, tweets):
+    run, _ = make_run(tmp_path, SMOKE_SENTIMENT, {}, tweets[:4], tweets[4:6])
+    assert tune.train_file(run).name == "train.jsonl"
+    data.write_jsonl(run.data / "train.augmented.jsonl", tweets[:5])
+    assert tune.train_file(run).name == "train.augmented.jsonl" and len(tune.load_splits(run)[0]) == 5
+    assert evaluation.train_rows(run) == (tweets[:5], "train.augmented.jsonl")  # 05's baseline: the same rows
+
+
+def test_classification_metrics_by_hand():
+    scores = [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]  # predicts 0 1 0 1
+    m = tune.classification_metrics((scores, [0, 1, 1, 1]))
+    # class 0: P 1/2 R 1 F1 2/3; class 1: P 1 R 2/3 F1 0.8.
+    assert m == pytest.approx({"accuracy": 0.75, "f1_macro": (2 / 3 + 0.8) / 2})
 
 
 def test_step_scheduler_warms_up_then_decays_in_steps():
@@ -164,6 +182,7 @@ def test_chat_overfits_and_saves_loadable_models(tmp_path, short_chats):
     assert m["precision"] == ("bf16" if tune.cpu_has_bf16() or torch.cuda.is_available() else "fp32")
     assert m["packed"]
     assert 0 < m["trainable_params"] < 0.05 * m["total_params"] and m["train_tokens_per_s"] > 0
+    assert m["lora_targets"] == sorted(tune.LLAMA_LIKE)
     assert runs.read_json(run.metrics_file)["tune"]["val_loss_best"] == m["val_loss_best"]
     history = runs.read_json(run.model / "log_history.json")
     assert [h["step"] for h in history if "eval_loss" in h] == [0, 3, 6]
@@ -237,21 +256,6 @@ def test_interrupted_run_resumes_to_the_same_losses(tmp_path, short_chats):
         a, b = losses(straight, key), losses(broken, key)
         assert a.keys() == b.keys() and max(a) == 4
         assert [b[s] for s in a] == pytest.approx([a[s] for s in a], abs=2e-3), key
-
-
-def test_cross_validation_scores_folds_and_ensemble(tmp_path, tweets):
-    overrides = {"tune.max_steps": 2, "tune.eval_steps": 2, "tune.save_steps": 2, "tune.cv_folds": 2,
-                 "tune.learning_rate": 3e-3}
-    augmented = [{**tweets[0], "id": "aug-1", "augment_op": "swap", "augment_of": tweets[0]["id"]}]
-    run, cfg = make_run(tmp_path, SMOKE_SENTIMENT, overrides, tweets[:60] + augmented, tweets[60:80], tweets[80:110])
-    tune.train(run, cfg)
-    cv = tune.cross_validate(run, cfg)
-    assert [f["fold"] for f in cv["per_fold"]] == [0, 1]
-    assert sum(f["validation_rows"] for f in cv["per_fold"]) == 60  # real rows only: the copy is never held out
-    assert 0 <= cv["eval_accuracy"]["mean"] <= 1 and cv["eval_accuracy"]["std"] >= 0
-    assert cv["test_rows"] == 30 and set(cv["test_ensemble"]) == {"accuracy", "f1_macro"}
-    assert (run.model / "folds" / "1" / "final" / "model.safetensors").is_file()
-    assert not (run.model / "folds" / "0" / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("method, scheduler", [("dora", "step"), ("rslora", "cosine"), ("full", "constant"),

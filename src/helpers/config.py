@@ -113,7 +113,7 @@ class CleanParams(Section):
     # characters above this); None = keep. 0.5 catches "!!!!!!!" and ASCII art.
     max_symbol_share: float | None = Field(None, gt=0.0, le=1.0)
     # Class imbalance on the train split (classification): resample, or "none" and let tune
-    # use the class weights 02 always writes to metrics["clean"]["class_weights"].
+    # set tune.class_weights (weights from the rows tune trains on; 02 records them for reading).
     balance: Literal["none", "oversample", "undersample"] = "none"
 
 

@@ -21,8 +21,6 @@ from .config import Config
 from .runs import Run
 
 plt = plots.plt
-# helpers.augment's ops that make sense as prompt noise at test time (label-safe, no model needed).
-ROBUSTNESS_OPS = ("typo", "case", "punct", "synonym", "swap", "delete")
 
 
 # ---------------------------------------------------------------- shared
@@ -38,21 +36,27 @@ def test_rows(run: Run, cfg: Config) -> list[dict]:
 
 
 def train_rows(run: Run) -> tuple[list[dict], str]:
-    """The rows the model was tuned on (augmented when 03 wrote them) and that file's name."""
-    augmented = run.data / "train.augmented.jsonl"
-    path = augmented if augmented.is_file() else run.data / "train.jsonl"
+    """The rows the model was tuned on (tune.train_file decides which file) and that file's name."""
+    from .tune import train_file  # here: tune pulls in the Trainer and PEFT, which chat scoring never needs
+
+    path = train_file(run)
     return data.read_jsonl(path), path.name
 
 
 def load_tuned(run: Run, cfg: Config) -> tuple[Any, Any]:
     """The tuned model in model/final and its tokenizer (pad token set), in eval mode."""
+    folder = run.model / "final"
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} holds no model: run 04-tune-model first (it saves the merged model there)")
+    return load_model(folder, cfg)
+
+
+def load_model(folder: Path, cfg: Config) -> tuple[Any, Any]:
+    """A model saved by tune.save_model (the task's kind) and its tokenizer (pad token set), in eval mode."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from . import models
 
-    folder = run.model / "final"
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} holds no model: run 04-tune-model first (it saves the merged model there)")
     auto = AutoModelForCausalLM if cfg.experiment.task == "chat" else AutoModelForSequenceClassification
     model = auto.from_pretrained(folder, dtype=models.torch_dtype(cfg), use_safetensors=True,
                                  trust_remote_code=False)
@@ -117,9 +121,17 @@ def token_nlls(model, tokenizer, rows: list[dict], max_length: int, batch_size: 
     return out
 
 
+def scoring_precision(lms: dict[str, Any], tokenizer, rows: list[dict], cfg: Config
+                      ) -> tuple[bool, pd.DataFrame | None]:
+    """Whether to score in bf16 autocast as evaluate.precision says, and the check behind "auto" (else None)."""
+    if cfg.evaluate.precision != "auto":
+        return cfg.evaluate.precision == "bf16", None
+    check = check_bf16(lms, tokenizer, rows, cfg)
+    return bf16_ok(check), check
+
+
 def check_bf16(lms: dict[str, Any], tokenizer, rows: list[dict], cfg: Config, tolerance: float = 0.005) -> pd.DataFrame:
-    """Per model: perplexity and time in fp32 and in bf16 autocast on a few test rows, and
-    whether bf16 passes (perplexity within tolerance, relative, and faster)."""
+    """Per model: perplexity and time in fp32 and in bf16 autocast on a few test rows, and whether bf16 passes."""
     sample = rows[: cfg.evaluate.batch_size]  # one batch: enough to see the rounding, cheap
     out = []
     for name, model in lms.items():
@@ -131,16 +143,21 @@ def check_bf16(lms: dict[str, Any], tokenizer, rows: list[dict], cfg: Config, to
             ppl = metrics.perplexity(token_nlls(model, tokenizer, sample, cfg.model.max_length,
                                                 cfg.evaluate.batch_size, bf16=bf16))["perplexity"]
             res[bf16] = (ppl, time.perf_counter() - start)
-        rel = abs(res[True][0] - res[False][0]) / res[False][0]
-        out.append({"model": name, "examples": len(sample), "fp32_perplexity": res[False][0],
-                    "bf16_perplexity": res[True][0], "relative_diff": rel, "fp32_seconds": res[False][1],
-                    "bf16_seconds": res[True][1], "bf16_passes": bool(rel < tolerance and res[True][1] < res[False][1])})
+        rec = {"model": name, "examples": len(sample), "fp32_perplexity": res[False][0],
+               "bf16_perplexity": res[True][0], "relative_diff": abs(res[True][0] / res[False][0] - 1),
+               "fp32_seconds": res[False][1], "bf16_seconds": res[True][1]}
+        out.append({**rec, "bf16_passes": bf16_passes(rec, tolerance)})
     return pd.DataFrame(out).set_index("model")
 
 
-def bf16_ok(precision: pd.DataFrame) -> bool:
+def bf16_passes(check: dict[str, Any], tolerance: float) -> bool:
+    """bf16 passes for one model when its perplexity moves less than tolerance (relative) and it is faster."""
+    return bool(check["relative_diff"] < tolerance and check["bf16_seconds"] < check["fp32_seconds"])
+
+
+def bf16_ok(check: pd.DataFrame) -> bool:
     """bf16 for all models only if it passes for each: base and tuned must share one precision."""
-    return bool(precision["bf16_passes"].all())
+    return bool(check["bf16_passes"].all())
 
 
 def score_models(lms: dict[str, Any], tokenizer, rows: list[dict], cfg: Config, bf16: bool = False
@@ -358,9 +375,7 @@ def perturb_rows(rows: list[dict], op: str, seed: int, share: float) -> list[dic
     punct, synonym, swap, delete); answers and system prompts stay as they are."""
     from . import augment
 
-    if op not in ROBUSTNESS_OPS:
-        raise ValueError(f"evaluate.robustness_ops: unknown op {op!r} (use {', '.join(ROBUSTNESS_OPS)})")
-    noise = getattr(augment, op)
+    noise = getattr(augment, op)  # evaluate.robustness_ops (a Literal in the config) names only these
     rng = random.Random(f"{seed}-robustness-{op}")  # its own stream: adding an op leaves the others unchanged
     return [{**r, "messages": [{**m, "content": noise(m["content"], rng, share)} if m["role"] == "user" else m
                                for m in r["messages"]]} for r in rows]
@@ -395,15 +410,17 @@ def perturbation_examples(rows: list[dict], cfg: Config) -> pd.DataFrame:
                          for op in ops])
 
 
-def chat_headline(ppl: pd.DataFrame, precision: pd.DataFrame) -> dict[str, Any]:
+def chat_headline(ppl: pd.DataFrame, bf16: bool, check: pd.DataFrame | None = None) -> dict[str, Any]:
     """The chat figures metrics.json keeps at the top of 'evaluate' (the report and index read them)."""
     o = {k: v.item() if hasattr(v, "item") else v for k, v in ppl.iloc[0].items()}  # plain Python numbers
-    return {"task": "chat", "examples": o["examples"], "tokens": o["tokens"],
-            "perplexity_base": o["base_ppl"], "perplexity_base_ci": [o["base_lo"], o["base_hi"]],
-            "perplexity_tuned": o["tuned_ppl"], "perplexity_tuned_ci": [o["tuned_lo"], o["tuned_hi"]],
-            "perplexity_change_pct": o["change_pct"], "perplexity_change_ci": [o["change_lo"], o["change_hi"]],
-            "bf16": bf16_ok(precision),
-            "bf16_relative_diff": {k: float(v) for k, v in precision["relative_diff"].items()}}
+    out = {"task": "chat", "examples": o["examples"], "tokens": o["tokens"],
+           "perplexity_base": o["base_ppl"], "perplexity_base_ci": [o["base_lo"], o["base_hi"]],
+           "perplexity_tuned": o["tuned_ppl"], "perplexity_tuned_ci": [o["tuned_lo"], o["tuned_hi"]],
+           "perplexity_change_pct": o["change_pct"], "perplexity_change_ci": [o["change_lo"], o["change_hi"]],
+           "bf16": bf16}
+    if check is not None:  # evaluate.precision "auto": what the choice rested on
+        out["bf16_relative_diff"] = {k: float(v) for k, v in check["relative_diff"].items()}
+    return out
 
 
 # ---------------------------------------------------------------- classification
@@ -418,7 +435,7 @@ def predict_proba(model, tokenizer, texts: list[str], max_length: int, batch_siz
             enc = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
                             return_tensors="pt").to(model.device)
             out.append(torch.softmax(model(**enc).logits.float(), dim=-1).cpu().numpy())  # (B, C)
-    return np.concatenate(out)
+    return np.concatenate(out) if out else np.zeros((0, model.config.num_labels))
 
 
 def model_labels(model) -> list[str]:

@@ -243,9 +243,11 @@ def cosine_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- uncertainty
 
-def bootstrap_ci(statistic: Callable[[np.ndarray], float], n: int, resamples: int = 500, seed: int = 0,
+def bootstrap_ci(statistic: Callable[[np.ndarray], float], n: int, resamples: int, seed: int,
                  level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of statistic(indices) over n examples drawn with replacement."""
+    # No default seed or resamples: every caller passes experiment.seed and evaluate.bootstrap_resamples,
+    # so a forgotten argument is an error, not a silently different interval.
     rng = np.random.default_rng(seed)
     values = np.array([statistic(rng.integers(0, n, n)) for _ in range(resamples)], dtype=float)
     values = values[~np.isnan(values)]  # e.g. AUC of a resample that lost a class

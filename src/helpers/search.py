@@ -10,12 +10,16 @@
 Samplers grid / random / TPE get the one seed; MedianPruner stops hopeless trials at an
 evaluation. The study lives in the run folder (search.db, SQLite) unless search.storage names
 another Optuna storage; several workers on one RDB storage share a study (search.study_name).
-Writes tables/search-trials.csv, the history and importance figures, metrics["search"] and
-search-best.yaml: a full params file (no `extends`) that reruns the best trial.
+Writes tables/search-trials.csv, the history and importance figures, metrics["search"],
+search-best.yaml (a full params file, no `extends`, that reruns the best trial) and, through
+apply_best, the run's config.yaml: the later stages read the settings that trained model/final.
 """
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ from .config import Config, ConfigError, apply_overrides, to_yaml
 from .runs import Run
 
 STAGE = "search"
+WORKER_ENV = "TUNEBOOK_SEARCH_WORKER"  # a worker's name in a parallel search: makes its draws repeatable
 SPEC_KEYS = {"float": {"low", "high", "log", "step"}, "int": {"low", "high", "log", "step"}, "categorical": {"choices"}}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -135,14 +140,33 @@ def storage_url(run: Run, cfg: Config) -> str:
     return cfg.search.storage or f"sqlite:///{(run.dir / 'search.db').resolve()}"
 
 
+def sampler_seed(cfg: Config, trials_so_far: int) -> int:
+    """The one seed shifted by the study's trials, and for a worker of a parallel search by its id too."""
+    if cfg.search.sampler == "grid":
+        # The seed shuffles the grid and each trial stores its index in that order, so every
+        # continuation and worker must share it (Optuna's advice); the grid sampler then never
+        # repeats a point while unvisited ones remain. A shifted seed would revisit points.
+        return cfg.experiment.seed
+    # Shifted by the trials already in the study, so a continued study does not redraw the
+    # values its first part tried. Workers of one study start with the same trial count, so
+    # on a shared (non-SQLite) storage each mixes in its own id, or all would draw the same
+    # trials. SQLite (the default) is taken as one worker: its draws depend on the seed only.
+    # A parallel search is not repeatable anyway (which worker gets which trial is timing);
+    # naming workers in TUNEBOOK_SEARCH_WORKER makes each worker's own draws repeatable.
+    worker = os.environ.get(WORKER_ENV)
+    if worker is None and cfg.search.storage and not cfg.search.storage.startswith("sqlite"):
+        worker = f"{socket.gethostname()}:{os.getpid()}"  # the host too: containers all run as pid 1
+    if worker is None:
+        return cfg.experiment.seed + trials_so_far
+    return zlib.crc32(f"{cfg.experiment.seed}:{trials_so_far}:{worker}".encode())  # stable across processes
+
+
 def open_study(run: Run, cfg: Config, space: dict[str, dict[str, Any]]) -> optuna.Study:
     """Create the study, or join it when it exists (a rerun or another worker continues it)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our logs say what each trial did
     study = optuna.create_study(storage=storage_url(run, cfg), study_name=cfg.search.study_name or cfg.experiment.name,
                                 direction=cfg.search.direction, pruner=pruner(cfg), load_if_exists=True)
-    # Seeded by the one seed, shifted by the trials already there, so a continued study does
-    # not redraw the values its first part tried.
-    study.sampler = sampler(cfg, space, cfg.experiment.seed + len(study.trials))
+    study.sampler = sampler(cfg, space, sampler_seed(cfg, len(study.trials)))
     return study
 
 
@@ -299,19 +323,31 @@ def _safe_url(url: str) -> str:
 
 
 def best_config(cfg: Config, study: optuna.Study) -> Config:
-    """The config with the best trial's values, search off: what search-best.yaml holds."""
+    """The config with the best trial's values and search off: what model/final is then trained with."""
     best = _best_trial(study)
     if best is None:
         raise ConfigError(f"search: no trial of study {study.study_name!r} finished; see the trials table "
                           f"(all pruned or failed?) and widen search.space or raise tune.max_steps")
-    return apply_overrides(cfg, {**best.params, "search.enabled": False,
-                                     "experiment.name": f"{cfg.experiment.name.removesuffix('-best')}-best"})
+    return apply_overrides(cfg, {**best.params, "search.enabled": False})
 
 
 def write_best(run: Run, best: Config) -> Path:
     """search-best.yaml: every key spelled out, no `extends`, so it reruns the best trial anywhere."""
     path = run.dir / "search-best.yaml"
+    # Its own experiment name, so `make pipeline EXP=...search-best.yaml` starts runs of its own.
+    rerun = apply_overrides(best, {"experiment.name": f"{best.experiment.name.removesuffix('-best')}-best"})
     header = (f"# The best trial of the search in {run.dir.name}: every key spelled out (no extends).\n"
               f"# Run: make pipeline EXP={path}\n")
-    path.write_text(header + to_yaml(best), encoding="utf-8")
+    path.write_text(header + to_yaml(rerun), encoding="utf-8")
     return path
+
+
+def apply_best(run: Run, cfg: Config, study: optuna.Study) -> Config:
+    """The best trial's config, written as search-best.yaml and as the run's config.yaml; 04 trains with it."""
+    best = best_config(cfg, study)
+    if tune.is_main_process():  # under accelerate launch, one process writes
+        write_best(run, best)
+        # config.yaml says what ran: stages 05 and 06 (and a rerun of 04) read it. It keeps the
+        # run's experiment name, so a rerun with --search joins this study rather than a new one.
+        run.config_file.write_text(to_yaml(best), encoding="utf-8")
+    return best

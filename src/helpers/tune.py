@@ -2,7 +2,8 @@
 
 Reads data/train.augmented.jsonl (else train.jsonl) and validation.jsonl; writes model/
 {checkpoints, adapter, final, tensorboard, log_history.json, samples.jsonl}, the loss figure
-and metrics["tune"]. The Trainer does the loop; PEFT the adapters. Also a command:
+and metrics["tune"]. The Trainer does the loop; PEFT the adapters. Cross-validation lives in
+helpers.crossval, the search in helpers.search. Also a command:
 
     python -m helpers.tune --run-dir reports/<run> [--set tune.max_steps=20 ...] [--search]
     accelerate launch -m helpers.tune --run-dir reports/<run>     # several GPUs (DDP)
@@ -29,15 +30,12 @@ from datasets import Dataset
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from sklearn.metrics import accuracy_score, f1_score
-from sklearn.model_selection import StratifiedGroupKFold
-from sklearn.utils.class_weight import compute_class_weight
 from torch.utils.tensorboard import SummaryWriter
-from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorForSeq2Seq,
-                          DataCollatorWithFlattening, DataCollatorWithPadding, EarlyStoppingCallback, Trainer,
-                          TrainerCallback, TrainingArguments)
+from transformers import (DataCollatorForSeq2Seq, DataCollatorWithFlattening, DataCollatorWithPadding,
+                          EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments)
 from transformers.integrations import TensorBoardCallback
 
-from . import artifacts, chat, data, models, plots, runs
+from . import artifacts, chat, clean, data, models, plots, runs
 from .config import Config, ConfigError, apply_overrides, to_yaml
 from .runs import Run
 
@@ -125,13 +123,15 @@ def encode_texts(tokenizer, rows: list[dict], labels: list[str], max_length: int
 
 
 def class_weights(rows: list[dict], labels: list[str]):
-    """Inverse-frequency ("balanced") weights of the labels in rows, as a float tensor."""
+    """clean.class_weights ("balanced") of the rows trained on, in the model's label order, as a float tensor."""
+    # The rows tune trains on (augmented when 03 ran), not metrics["clean"]["class_weights"]
+    # (the clean train split): augmentation can shift the label mix, and the loss sees these rows.
     missing = sorted(set(labels) - {r["label"] for r in rows})
     if missing:
         raise data.DataError(f"tune.class_weights: label(s) {missing} have no training rows, so their weight is "
                              f"undefined; add rows or drop them from data.labels")
-    y = [labels.index(r["label"]) for r in rows]
-    return torch.tensor(compute_class_weight("balanced", classes=np.arange(len(labels)), y=y), dtype=torch.float32)
+    weights = clean.class_weights(rows)
+    return torch.tensor([weights[label] for label in labels], dtype=torch.float32)
 
 
 # ---------------------------------------------------------------- model
@@ -299,9 +299,11 @@ def collator(cfg: Config, tokenizer, model_type: str):
 
 
 def classification_metrics(pred) -> dict[str, float]:
-    """Accuracy and macro F1 at an evaluation (logged as eval_accuracy, eval_f1_macro)."""
-    y_pred = np.asarray(pred.predictions).argmax(-1)
-    y = np.asarray(pred.label_ids)
+    """Accuracy and macro F1 of the top label, from (scores (N, labels), label ids) or an EvalPrediction."""
+    # The Trainer logs these at each evaluation (eval_accuracy, eval_f1_macro); crossval scores
+    # the fold ensemble on the test split with the same function.
+    y_pred = np.asarray(pred[0]).argmax(-1)  # an EvalPrediction indexes as (predictions, label_ids, ...)
+    y = np.asarray(pred[1])
     return {"accuracy": float(accuracy_score(y, y_pred)), "f1_macro": float(f1_score(y, y_pred, average="macro"))}
 
 
@@ -377,11 +379,10 @@ def _trim_samples(path: Path, upto_step: int) -> None:
 
 @dataclass
 class Fitted:
-    """A finished training: the trainer (best model loaded), its tokenizer and labels, and how it ran."""
+    """A finished training: the trainer (best model loaded), its tokenizer, and how it ran."""
 
     trainer: Any
     tokenizer: Any
-    labels: list[str] | None
     resumed_from: int  # step of the checkpoint continued from; 0 = a fresh start
     planned_steps: int
     step_seconds: float  # time in optimizer steps of this process (throughput's denominator)
@@ -440,7 +441,7 @@ def fit(cfg: Config, train_rows: list[dict], val_rows: list[dict], output_dir: P
         callbacks=cbs + list(callbacks or []), weights=loss_weights(cfg, train_rows, labels),
         step_schedule=(t.step_size, t.step_gamma) if t.scheduler == "step" else None)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    return Fitted(trainer, tokenizer, labels, step0, trainer.state.max_steps, timer.seconds)
+    return Fitted(trainer, tokenizer, step0, trainer.state.max_steps, timer.seconds)
 
 
 def save_model(fitted: Fitted, adapter_dir: Path | None, final_dir: Path) -> None:
@@ -454,6 +455,15 @@ def save_model(fitted: Fitted, adapter_dir: Path | None, final_dir: Path) -> Non
     shutil.rmtree(final_dir, ignore_errors=True)  # never a mix of an old and a new model
     model.save_pretrained(final_dir, safe_serialization=True)
     fitted.tokenizer.save_pretrained(final_dir)
+
+
+def lora_targets(model) -> list[str] | None:
+    """The module names a PEFT adapter was put on (PEFT expands "all-linear"), or None without one."""
+    config = getattr(model, "peft_config", {}).get("default")
+    if config is None:
+        return None
+    targets = config.target_modules
+    return [targets] if isinstance(targets, str) else sorted(targets)
 
 
 def summarize(fitted: Fitted) -> dict[str, Any]:
@@ -480,6 +490,7 @@ def summarize(fitted: Fitted) -> dict[str, Any]:
         "train_tokens_per_s": round(tr.tokens_seen / fitted.step_seconds, 1) if fitted.step_seconds else None,
         "loss_tokens_per_s": round(tr.loss_tokens_seen / fitted.step_seconds, 1) if fitted.step_seconds else None,
         "trainable_params": trainable, "total_params": total, "trainable_share": round(trainable / total, 5),
+        "lora_targets": lora_targets(tr.model),
         "precision": "bf16" if tr.args.bf16 else "fp16" if tr.args.fp16 else "fp32",
         "packed": isinstance(tr.data_collator, DataCollatorWithFlattening),
     }
@@ -536,84 +547,12 @@ def train(run: Run, cfg: Config) -> dict[str, Any]:
     return runs.record_metrics(run, STAGE, metrics)
 
 
-# ---------------------------------------------------------------- cross-validation
-
-def cross_validate(run: Run, cfg: Config) -> dict[str, Any]:
-    """k-fold CV on the train split: per-fold scores, mean and std, and the fold ensemble vs model/final on test."""
-    if cfg.experiment.task != "classification":
-        raise ConfigError("tune.cv_folds: cross-validation is for classification; set it to 0 for chat")
-    k = cfg.tune.cv_folds
-    rows = data.read_jsonl(train_file(run))
-    # An augmented copy stays in its original's fold: a copy in training and its original in
-    # validation would leak the answer.
-    groups = [r.get("augment_of") or r["id"] for r in rows]
-    split = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=cfg.experiment.seed)
-    folds = []
-    for i, (tr, va) in enumerate(split.split(rows, [r["label"] for r in rows], groups)):
-        held_out = [rows[j] for j in va if not rows[j].get("augment_op")]  # score on real rows only
-        folds.append(fit_fold(cfg, [rows[j] for j in tr], held_out, run.model / "folds" / str(i), i))
-    table = pd.DataFrame(folds)
-    artifacts.table(run, STAGE, "cv-folds", table, f"{k}-fold cross-validation on the train split: each fold's "
-                    "best validation scores on its held-out rows.")
-    scores = {c: {"mean": float(table[c].mean()), "std": float(table[c].std(ddof=1))}
-              for c in table.columns if c.startswith("eval_")}
-    result = {"folds": k, "per_fold": folds, **scores, **ensemble_scores(run, cfg, k)}
-    return runs.record_metrics(run, STAGE, {"cv": result})["cv"]
-
-
-def fit_fold(cfg: Config, train_rows: list[dict], val_rows: list[dict], folder: Path,
-             fold: int) -> dict[str, Any]:
-    """Train one fold (or reuse it when finished before); its merged model goes into folder."""
-    done = folder / "fold.json"
-    if done.is_file():
-        return runs.read_json(done)
-    fitted = fit(cfg, train_rows, val_rows, folder)
-    state = fitted.trainer.state
-    best = state.best_global_step or state.global_step
-    save_model(fitted, None, folder / "final")
-    shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # k full checkpoint sets would fill the disk
-    scores = {"fold": fold, "train_rows": len(train_rows), "validation_rows": len(val_rows), "best_step": best,
-              **best_eval(state.log_history, best)}
-    runs.write_json(done, scores)
-    return scores
-
-
-def predict_proba(folder: Path, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities of a saved classifier (plain transformers), (N, labels)."""
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True).eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(texts), batch_size):
-            enc = tok(texts[i: i + batch_size], truncation=True, max_length=max_length, padding=True,
-                      return_tensors="pt")
-            out.append(torch.softmax(model(**enc).logits.float(), -1).numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.config.num_labels))
-
-
-def ensemble_scores(run: Run, cfg: Config, k: int) -> dict[str, Any]:
-    """Accuracy and macro F1 on the test split: the fold models' averaged probabilities vs model/final."""
-    test_file = run.data / "test.jsonl"
-    test = data.read_jsonl(test_file) if test_file.is_file() else []
-    final = run.model / "final"
-    if not test or not (final / "config.json").is_file():
-        return {"test": "skipped: needs data/test.jsonl and model/final"}
-    label2id = runs.read_json(final / "config.json")["label2id"]
-    y = [label2id[r["label"]] for r in test]
-    texts = [r["text"] for r in test]
-    single = predict_proba(final, texts, cfg.model.max_length)
-    ensemble = np.mean([predict_proba(run.model / "folds" / str(i) / "final", texts, cfg.model.max_length)
-                        for i in range(k)], axis=0)  # soft voting: (N, labels) probabilities averaged
-    return {"test_rows": len(test), "test_single": scores(y, single), "test_ensemble": scores(y, ensemble)}
-
-
-def scores(y: list[int], probs: np.ndarray) -> dict[str, float]:
-    """Accuracy and macro F1 of the most probable label."""
-    pred = probs.argmax(-1)
-    return {"accuracy": float(accuracy_score(y, pred)), "f1_macro": float(f1_score(y, pred, average="macro"))}
-
-
 # ---------------------------------------------------------------- command line
+
+def is_main_process() -> bool:
+    """False in the other processes of an `accelerate launch`: one process writes the run's files."""
+    return int(os.environ.get("RANK", "0")) == 0
+
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m helpers.tune --run-dir DIR [--set key=value ...] [--search]`."""
@@ -627,16 +566,17 @@ def main(argv: list[str] | None = None) -> int:
         run, cfg = runs.open_run(args.run_dir)
         if args.set:
             cfg = apply_overrides(cfg, args.set)
-            if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch, one process writes
+            if is_main_process():
                 run.config_file.write_text(to_yaml(cfg), encoding="utf-8")  # config.yaml says what ran
         if args.search or cfg.search.enabled:
             from . import search  # here: search imports tune
 
-            cfg = search.best_config(cfg, search.run_search(run, cfg))
-            search.write_best(run, cfg)
+            cfg = search.apply_best(run, cfg, search.run_search(run, cfg))
         metrics = train(run, cfg)
         if cfg.tune.cv_folds:
-            metrics["cv"] = cross_validate(run, cfg)
+            from . import crossval  # here: crossval imports tune
+
+            metrics["cv"] = crossval.cross_validate(run, cfg)
     except (ConfigError, data.DataError, chat.ChatTemplateError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,88 @@
+"""Stage 04, classification with tune.cv_folds: k-fold cross-validation on the train split.
+
+Each fold trains with tune.fit on the other folds and is scored on its held-out rows; the k
+fold models, their probabilities averaged, are then compared with model/final on the test
+split. Writes model/folds/k/{final, fold.json}, tables/tune-cv-folds.csv and metrics["tune"]["cv"].
+A rerun reuses every fold whose fold.json exists.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from . import artifacts, data, evaluation, runs, tune
+from .config import Config, ConfigError
+from .runs import Run
+
+STAGE = tune.STAGE  # part of stage 04: its table and metrics sit with the tuning's
+
+
+def cross_validate(run: Run, cfg: Config) -> dict[str, Any]:
+    """k-fold CV on the train split: per-fold scores, mean and std, and the fold ensemble vs model/final on test."""
+    if cfg.experiment.task != "classification":
+        raise ConfigError("tune.cv_folds: cross-validation is for classification; set it to 0 for chat")
+    k = cfg.tune.cv_folds
+    rows = data.read_jsonl(tune.train_file(run))
+    # An augmented copy stays in its original's fold: a copy in training and its original in
+    # validation would leak the answer.
+    groups = [r.get("augment_of") or r["id"] for r in rows]
+    split = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=cfg.experiment.seed)
+    folds = []
+    for i, (tr, va) in enumerate(split.split(rows, [r["label"] for r in rows], groups)):
+        held_out = [rows[j] for j in va if not rows[j].get("augment_op")]  # score on real rows only
+        folds.append(fit_fold(cfg, [rows[j] for j in tr], held_out, run.model / "folds" / str(i), i))
+    table = pd.DataFrame(folds)
+    artifacts.table(run, STAGE, "cv-folds", table, f"{k}-fold cross-validation on the train split: each fold's "
+                    "best validation scores on its held-out rows.")
+    scores = {c: {"mean": float(table[c].mean()), "std": float(table[c].std(ddof=1))}
+              for c in table.columns if c.startswith("eval_")}
+    result = {"folds": k, "per_fold": folds, **scores, **ensemble_scores(run, cfg, k)}
+    return runs.record_metrics(run, STAGE, {"cv": result})["cv"]
+
+
+def fit_fold(cfg: Config, train_rows: list[dict], val_rows: list[dict], folder: Path,
+             fold: int) -> dict[str, Any]:
+    """Train one fold (or reuse it when finished before); its merged model goes into folder."""
+    done = folder / "fold.json"
+    if done.is_file():
+        return runs.read_json(done)
+    fitted = tune.fit(cfg, train_rows, val_rows, folder)
+    state = fitted.trainer.state
+    best = state.best_global_step or state.global_step
+    tune.save_model(fitted, None, folder / "final")
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # k full checkpoint sets would fill the disk
+    scores = {"fold": fold, "train_rows": len(train_rows), "validation_rows": len(val_rows), "best_step": best,
+              **tune.best_eval(state.log_history, best)}
+    runs.write_json(done, scores)
+    return scores
+
+
+def saved_proba(folder: Path, cfg: Config, texts: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Class probabilities (N, labels) of the classifier saved in folder, and its label order."""
+    model, tok = evaluation.load_model(folder, cfg)
+    return (evaluation.predict_proba(model, tok, texts, cfg.model.max_length, cfg.evaluate.batch_size),
+            evaluation.model_labels(model))
+
+
+def ensemble_scores(run: Run, cfg: Config, k: int) -> dict[str, Any]:
+    """Accuracy and macro F1 on the test split: the fold models' averaged probabilities vs model/final."""
+    test_file = run.data / "test.jsonl"
+    test = data.read_jsonl(test_file) if test_file.is_file() else []
+    final = run.model / "final"
+    if not test or not (final / "config.json").is_file():
+        return {"test": "skipped: needs data/test.jsonl and model/final"}
+    texts = [r["text"] for r in test]
+    single, labels = saved_proba(final, cfg, texts)
+    folds = [saved_proba(run.model / "folds" / str(i) / "final", cfg, texts) for i in range(k)]
+    if any(fold_labels != labels for _, fold_labels in folds):
+        raise ConfigError(f"tune.cv_folds: a fold model's labels differ from model/final's {labels} (a fold "
+                          f"lacked a label); set data.labels so every model has the same outputs")
+    ensemble = np.mean([p for p, _ in folds], axis=0)  # soft voting: (N, labels) probabilities averaged
+    y = evaluation.label_ids(test, labels)
+    return {"test_rows": len(test), "test_single": tune.classification_metrics((single, y)),
+            "test_ensemble": tune.classification_metrics((ensemble, y))}
