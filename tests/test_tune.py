@@ -195,7 +195,7 @@ def test_chat_overfits_and_saves_loadable_models(tmp_path, short_chats):
     ids = torch.tensor([chat.encode(models.load_tokenizer(cfg), rows[0]["messages"], 128).input_ids])
     peft_model = PeftModel.from_pretrained(models.load_causal_lm(cfg), run.model / "adapter").eval()
     merged = AutoModelForCausalLM.from_pretrained(final, use_safetensors=True).eval()
-    assert merged.config.use_cache
+    assert merged.config.use_cache and merged.dtype == torch.float32  # merged into the fp32 base
     with torch.no_grad():
         assert torch.allclose(peft_model(ids).logits, merged(ids).logits, atol=1e-3)
 
@@ -290,3 +290,20 @@ def test_early_stopping_keeps_the_best_checkpoint_as_final(tmp_path, tweets):
     best = load_file(run.model / "checkpoints" / f"checkpoint-{m['best_step']}" / "model.safetensors")
     final = load_file(run.model / "final" / "model.safetensors")
     assert torch.equal(best["classifier.weight"], final["classifier.weight"])
+
+
+def test_packed_loss_with_loss_positions_only_equals_the_models_own_loss(short_chats):
+    """Scoring only positions whose next token carries loss must not change the loss."""
+    from transformers import DataCollatorWithFlattening
+
+    cfg = load_config(SMOKE)
+    tok, model = models.load_tokenizer(cfg), models.load_causal_lm(cfg).eval()
+    feats = [{"input_ids": e.input_ids, "labels": e.labels}
+             for e in (chat.encode(tok, r["messages"], 128) for r in short_chats[:3])]
+    batch = {k: torch.as_tensor(v) for k, v in DataCollatorWithFlattening()(feats).items()}
+    trainer = tune.TuneTrainer.__new__(tune.TuneTrainer)  # only the loss method is exercised
+    trainer.args = type("Args", (), {"average_tokens_across_devices": False})()
+    with torch.no_grad():
+        ours = trainer._packed_loss(model, batch, False, None)
+        reference = model(**batch).loss  # transformers' causal-LM loss over the same labels
+    assert torch.allclose(ours, reference, atol=1e-5), (ours, reference)

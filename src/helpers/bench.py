@@ -175,7 +175,7 @@ def worker(path: str, spec: dict) -> dict[str, Any]:
         model, tok = TRAINERS[path](spec, train, Path(tmp), timer)
         seconds = time.perf_counter() - start
     tokens, loss_tokens = token_counts(tok, train, spec["max_length"])
-    model.eval()
+    model = model.float().eval()  # the yardstick below runs every path's model in fp32
     return {"path": path, "seconds": seconds, "train_seconds": timer.seconds, "tokens": tokens,
             "loss_tokens": loss_tokens, "tokens_per_s": tokens / timer.seconds,
             "loss_tokens_per_s": loss_tokens / timer.seconds,

@@ -103,14 +103,14 @@ def torch_dtype(cfg: Config):
     return torch.float32
 
 
-def load_causal_lm(cfg: Config, path: str | Path | None = None):
+def load_causal_lm(cfg: Config, path: str | Path | None = None, dtype=None):
     """The chat base model (or a saved fine-tuned folder), safetensors only, no remote code."""
     from transformers import AutoModelForCausalLM
 
     name = str(path) if path else model_name(cfg)
     try:
         return AutoModelForCausalLM.from_pretrained(
-            resolve(name) if path is None else path, dtype=torch_dtype(cfg),
+            resolve(name) if path is None else path, dtype=dtype or torch_dtype(cfg),
             use_safetensors=True, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise _friendly(name, e) from None

@@ -49,6 +49,7 @@ TARGET_MODULES = {
     **{t: BERT_LIKE for t in ("bert", "roberta", "xlm-roberta", "camembert", "electra")},
     "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
 }
+PEFT_METHODS = ("lora", "dora", "rslora")
 HEAD_NAMES = ("classifier", "score")  # classification heads: new, so always fully trained
 # Transformers' names for our schedulers. "constant" keeps the warmup (transformers'
 # "constant" would ignore it); "step" is built by TuneTrainer.create_scheduler.
@@ -186,12 +187,25 @@ def freeze_layers(model, cfg: Config):
 def build_model(cfg: Config, labels: list[str] | None = None):
     """The base model for the task, prepared for tune.method."""
     classify = cfg.experiment.task == "classification"
-    base = models.load_classifier(cfg, labels) if classify else models.load_causal_lm(cfg)
-    if cfg.tune.method in ("lora", "dora", "rslora"):
+    base = models.load_classifier(cfg, labels) if classify else models.load_causal_lm(cfg, dtype=frozen_dtype(cfg))
+    if cfg.tune.method in PEFT_METHODS:
         return add_lora(base, cfg)
     if cfg.tune.method == "freeze":
         return freeze_layers(base, cfg)
     return base  # full: every weight trains
+
+
+def frozen_dtype(cfg: Config):
+    """bf16 for a chat base model that only adapters train under bf16 autocast, else None (the default).
+
+    Autocast casts every fp32 weight to bf16 at every matmul; storing the frozen weights in
+    bf16 gives the same numbers without the casts (measured +21% tokens/s on SmolLM2 on CPU).
+    PEFT keeps the adapters in fp32, and save_model merges them into the fp32 base.
+    """
+    if cfg.experiment.task == "chat" and cfg.tune.method in PEFT_METHODS and cfg.model.dtype == "auto" \
+            and precision(cfg) == "bf16":
+        return torch.bfloat16
+    return None
 
 
 def count_params(model) -> tuple[int, int]:
@@ -217,11 +231,33 @@ class TuneTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
             self._count(inputs)
+        labels = inputs.get("labels")
+        if self.weights is None and labels is not None and labels.dim() == 2 and labels.shape[0] == 1 \
+                and "position_ids" in inputs:
+            return self._packed_loss(model, inputs, return_outputs, num_items_in_batch)
         if self.weights is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
         loss = F.cross_entropy(outputs.logits.float(), inputs["labels"],
                                weight=self.weights.to(outputs.logits.device))
+        return (loss, outputs) if return_outputs else loss
+
+    def _packed_loss(self, model, inputs, return_outputs, num_items_in_batch):
+        """Causal-LM loss of a packed row, with logits only where a label follows.
+
+        The output layer maps each position to 49k vocabulary scores; most positions (system
+        prompt, user turns) carry no loss, so scoring only the rest saves that work and the
+        memory of their logits (measured +14% tokens/s on SmolLM2). Same value as the model's
+        own loss: summed token cross-entropy over the tokens that carry loss.
+        """
+        labels = inputs["labels"]  # (1, T): packed examples, -100 outside assistant turns
+        keep = (labels[0, 1:] != chat.IGNORE).nonzero().squeeze(1)  # positions whose next token is learned
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=keep)
+        logits = outputs.logits[0].float()  # (K, V)
+        loss = F.cross_entropy(logits, labels[0, keep + 1], reduction="sum")
+        loss = loss / (num_items_in_batch if num_items_in_batch is not None else max(len(keep), 1))
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss: DDP averages it back
         return (loss, outputs) if return_outputs else loss
 
     def _count(self, inputs) -> None:
@@ -444,12 +480,16 @@ def fit(cfg: Config, train_rows: list[dict], val_rows: list[dict], output_dir: P
     return Fitted(trainer, tokenizer, step0, trainer.state.max_steps, timer.seconds)
 
 
-def save_model(fitted: Fitted, adapter_dir: Path | None, final_dir: Path) -> None:
+def save_model(fitted: Fitted, adapter_dir: Path | None, final_dir: Path, cfg: Config | None = None) -> None:
     """Write the adapter (PEFT methods) and the merged model + tokenizer, safetensors only."""
     model = fitted.trainer.model
     if isinstance(model, PeftModel):
         if adapter_dir is not None:
             model.save_pretrained(adapter_dir, safe_serialization=True)
+        if cfg is not None and adapter_dir is not None and frozen_dtype(cfg) is not None:
+            # Trained on a bf16 copy of the base: merge the (fp32) adapter into the fp32 base
+            # instead, the same weights evaluation scores the base model with.
+            model = PeftModel.from_pretrained(models.load_causal_lm(cfg), adapter_dir)
         model = model.merge_and_unload()  # plain weights: loads without peft, runs at base speed
     model.config.use_cache = True  # the Trainer turned it off for training; generation wants it
     shutil.rmtree(final_dir, ignore_errors=True)  # never a mix of an old and a new model
@@ -533,8 +573,8 @@ def train(run: Run, cfg: Config) -> dict[str, Any]:
     history = fitted.trainer.state.log_history
     metrics = {"method": cfg.tune.method, "train_file": train_file(run).name, "train_rows": len(train_rows),
                "validation_rows": len(val_rows), **summarize(fitted)}
-    save_model(fitted, model_dir / "adapter" if cfg.tune.method in ("lora", "dora", "rslora") else None,
-               model_dir / "final")
+    save_model(fitted, model_dir / "adapter" if cfg.tune.method in PEFT_METHODS else None,
+               model_dir / "final", cfg)
     runs.write_json(model_dir / "log_history.json", history)
     fig = loss_figure(history, metrics["best_step"], metrics["planned_steps"])
     artifacts.figure(run, STAGE, "loss", fig, "Training loss (each logging step) and validation loss (each "
