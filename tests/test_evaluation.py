@@ -209,3 +209,27 @@ def test_figures_draw_one_panel_per_model():
     legend = [t.get_text() for t in evaluation.calibration_figure(y, probs).axes[0].get_legend().get_texts()]
     # Confidences .9 .8 .6 .7, each alone in its bin and right: gaps .1 .2 .4 .3, mean 0.25.
     assert legend[1] == "tuned (ECE 0.250)"
+
+
+def test_answer_only_scoring_equals_full_logits():
+    """The head applied at labelled positions only gives the NLLs of the model's full logits."""
+    import torch
+
+    from helpers import chat, evaluation, metrics, models
+    from helpers.config import load_config
+
+    cfg = load_config()
+    tok, model = models.load_tokenizer(cfg), models.load_causal_lm(cfg).eval()
+    convs = [[{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! How can I help?"}],
+             [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."}]]
+    enc = [chat.encode(tok, m, 64) for m in convs]
+    width = max(len(e.input_ids) for e in enc)
+    ids = torch.tensor([e.input_ids + [tok.pad_token_id] * (width - len(e.input_ids)) for e in enc])
+    labels = torch.tensor([e.labels + [chat.IGNORE] * (width - len(e.labels)) for e in enc])
+    mask = torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in enc])
+    with torch.no_grad():
+        fast = evaluation._labelled_nlls(model, ids, mask, labels)
+        full = metrics.token_nlls(model(input_ids=ids, attention_mask=mask).logits, labels, chat.IGNORE)
+    assert [len(f) for f in fast] == [e.n_loss_tokens for e in enc]
+    for a, b in zip(fast, full):
+        assert torch.allclose(a, b, atol=1e-4)

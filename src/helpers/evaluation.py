@@ -115,8 +115,7 @@ def token_nlls(model, tokenizer, rows: list[dict], max_length: int, batch_size: 
                 labels[row, :n] = torch.tensor(encoded[i].labels)
                 mask[row, :n] = 1
             dev = model.device
-            logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits  # (B, T, V)
-            for i, nll in zip(idx, metrics.token_nlls(logits, labels.to(dev), chat.IGNORE)):
+            for i, nll in zip(idx, _labelled_nlls(model, ids.to(dev), mask.to(dev), labels.to(dev))):
                 out[i] = nll.double().cpu().numpy()
     return out
 
@@ -128,6 +127,25 @@ def scoring_precision(lms: dict[str, Any], tokenizer, rows: list[dict], cfg: Con
         return cfg.evaluate.precision == "bf16", None
     check = check_bf16(lms, tokenizer, rows, cfg)
     return bf16_ok(check), check
+
+
+def _labelled_nlls(model, ids, mask, labels) -> list:
+    """Per-row NLLs of the labelled tokens, scoring the vocabulary only where a label follows.
+
+    The output layer (49k scores per position for SmolLM2) is most of a forward pass's memory;
+    prompts carry no label, so the head runs on the answer positions alone (same numbers).
+    """
+    import torch.nn.functional as F
+
+    head, decoder = model.get_output_embeddings(), model.get_decoder()
+    if head is None or decoder is None or getattr(model.config, "final_logit_softcapping", None):
+        logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V): the model's own head
+        return metrics.token_nlls(logits, labels, chat.IGNORE)
+    hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+    targets = labels[:, 1:]  # (B, T-1): position t predicts token t+1
+    scored = targets != chat.IGNORE
+    nll = F.cross_entropy(head(hidden[:, :-1][scored]).float(), targets[scored], reduction="none")  # (N,)
+    return list(nll.split(scored.sum(dim=1).tolist()))
 
 
 def check_bf16(lms: dict[str, Any], tokenizer, rows: list[dict], cfg: Config, tolerance: float = 0.005) -> pd.DataFrame:
