@@ -1,4 +1,6 @@
 """Loading each format into the task schema; bad rows set aside with exact reasons."""
+import json
+
 import pytest
 
 from helpers import data
@@ -125,3 +127,15 @@ def test_a_corrupt_stage_file_names_file_and_line(tmp_path):
     f.write_text('{"id": "a"}\n{"id": \n')
     with pytest.raises(DataError, match=r"train.jsonl:2: not valid JSON"):
         data.read_jsonl(f)
+
+
+def test_a_huge_line_loads_and_a_huge_broken_line_is_a_short_problem(tmp_path):
+    f = tmp_path / "huge.jsonl"
+    answer = "word " * 200_000  # a 1 MB line
+    good = {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": answer}]}
+    f.write_text(json.dumps(good) + "\n" + json.dumps(good)[:500_000] + "\n")
+    out = data.load(cfg_for(f))
+    assert len(out.rows) == 1 and len(out.rows[0]["messages"][1]["content"]) == len(answer)
+    (problem,) = out.problems
+    assert problem["source"] == "huge.jsonl:2" and problem["reason"].startswith("invalid JSON")
+    assert len(problem["raw"]) <= 2000  # the rejects file stays readable

@@ -307,3 +307,36 @@ def test_packed_loss_with_loss_positions_only_equals_the_models_own_loss(short_c
         ours = trainer._packed_loss(model, batch, False, None)
         reference = model(**batch).loss  # transformers' causal-LM loss over the same labels
     assert torch.allclose(ours, reference, atol=1e-5), (ours, reference)
+
+
+@pytest.mark.slow
+def test_a_killed_training_process_resumes_from_its_last_checkpoint(tmp_path, short_chats):
+    """SIGKILL `python -m helpers.tune` after its first checkpoint; the rerun continues from it
+    and ends with the same final validation loss as an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    overrides = {**CHAT_FAST, "tune.batch_size": 2, "tune.max_steps": 8, "tune.eval_steps": 2,
+                 "tune.save_steps": 2, "tune.sample_prompts": 0, "tune.learning_rate": 1e-3}
+    train, val = short_chats[:8], short_chats[8:10]
+    straight, cfg = make_run(tmp_path, SMOKE, overrides, train, val)
+    expected = tune.train(straight, cfg)
+
+    killed, _ = make_run(tmp_path, SMOKE, overrides, train, val)
+    cmd = [sys.executable, "-m", "helpers.tune", "--run-dir", str(killed.dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while tune.last_checkpoint(killed.model / "checkpoints") is None:
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the process ended"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)  # as a power cut or an out-of-memory kill would
+    proc.wait()
+    step = tune.checkpoint_step(tune.last_checkpoint(killed.model / "checkpoints"))
+    assert 2 <= step < 8, step
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    resumed = runs.read_json(killed.metrics_file)["tune"]
+    assert resumed["resumed_from_step"] == step and resumed["steps"] == 8
+    assert resumed["val_loss_best"] == pytest.approx(expected["val_loss_best"], rel=1e-4)
