@@ -50,7 +50,7 @@ lab: $(STAMP) ## open JupyterLab on the notebooks with the project's kernel
 	$(BIN)/jupyter lab notebooks/
 
 tensorboard: $(STAMP) ## serve the TensorBoard logs of every run under reports/
-	$(BIN)/tensorboard --logdir reports --bind_all
+	$(BIN)/tensorboard --logdir reports  # localhost only; add --bind_all to share on a network
 
 clean-env: ## remove .venv and the model cache (the next target rebuilds them)
 	rm -rf $(VENV) .cache
