@@ -215,7 +215,10 @@ def manifest_html(run: Run, cfg: Config | None, manifest: dict[str, Any]) -> str
         out.append('<p class="muted">config.yaml cannot be read by this version of the code.</p>')
     stages = manifest.get("stages", {})
     if stages:
-        st = pd.DataFrame([{"stage": k, "status": v.get("status", ""), "seconds": v.get("seconds"),
+        # The report is written by stage 06 itself, so that stage is still running here.
+        st = pd.DataFrame([{"stage": k, "seconds": v.get("seconds"),
+                            "status": "writing this page" if k.startswith("06-") and v.get("status") == "running"
+                            else v.get("status", ""),
                             "error": v.get("error", "")} for k, v in stages.items()])
         out.append("<h3>Stages</h3>" + table_html(st.drop(columns="error") if not st["error"].any() else st, 50))
     packages = {k: v for k, v in manifest.get("packages", {}).items() if v}
