@@ -113,6 +113,16 @@ def _match_case(new: str, old: str) -> str:
     return new[:1].upper() + new[1:] if old[:1].isupper() else new
 
 
+def _slots(parts: list[str], keep=lambda core: True) -> list[int]:
+    """Places of the editable words in a _split() list (words sit at even places) whose core passes keep."""
+    return [i for i in range(0, len(parts), 2) if _editable(parts[i]) and keep(_core(parts[i])[1])]
+
+
+def _has_synonym(stops: frozenset[str]):
+    """A keep() for _slots: content words WordNet has a synonym for."""
+    return lambda core: core.lower() not in stops and bool(synonyms(core))
+
+
 def _count(n_words: int, share: float) -> int:
     """How many words an op touches: share of them, at least one."""
     return max(1, round(n_words * share))
@@ -121,8 +131,7 @@ def _count(n_words: int, share: float) -> int:
 def synonym(text: str, rng: Random, share: float) -> str:
     """Replace some non-stop words by a WordNet synonym."""
     parts, stops = _split(text), clean.stop_words()
-    cands = [i for i in range(0, len(parts), 2) if _editable(parts[i]) and _core(parts[i])[1].lower() not in stops
-             and synonyms(_core(parts[i])[1])]
+    cands = _slots(parts, _has_synonym(stops))
     for i in rng.sample(cands, min(len(cands), _count(len(parts[::2]), share))):
         pre, core, post = _core(parts[i])
         parts[i] = pre + _match_case(rng.choice(synonyms(core)), core) + post
@@ -132,7 +141,7 @@ def synonym(text: str, rng: Random, share: float) -> str:
 def swap(text: str, rng: Random, share: float) -> str:
     """Swap the places of two words, a few times."""
     parts = _split(text)
-    cands = [i for i in range(0, len(parts), 2) if _editable(parts[i])]
+    cands = _slots(parts)
     if len(cands) < 2:
         return text
     for _ in range(_count(len(cands), share)):
@@ -145,7 +154,7 @@ def swap(text: str, rng: Random, share: float) -> str:
 def delete(text: str, rng: Random, share: float) -> str:
     """Delete each word with probability `share` (at least one, never all)."""
     parts = _split(text)
-    cands = [i for i in range(0, len(parts), 2) if _editable(parts[i])]
+    cands = _slots(parts)
     if len(cands) < 2:
         return text
     gone = {i for i in cands if rng.random() < share} or {rng.choice(cands)}
@@ -158,8 +167,7 @@ def delete(text: str, rng: Random, share: float) -> str:
 def insert(text: str, rng: Random, share: float) -> str:
     """Insert a synonym of one of the text's words at a random place, a few times."""
     parts, stops = _split(text), clean.stop_words()
-    cands = [_core(parts[i])[1] for i in range(0, len(parts), 2) if _editable(parts[i])
-             and _core(parts[i])[1].lower() not in stops and synonyms(_core(parts[i])[1])]
+    cands = [_core(parts[i])[1] for i in _slots(parts, _has_synonym(stops))]
     if not cands:
         return text
     words = text.split(" ")
@@ -180,7 +188,7 @@ def _neighbours(ch: str) -> str:
 def typo(text: str, rng: Random, share: float) -> str:
     """Keyboard typos: a neighbouring key, a dropped, doubled or swapped letter."""
     parts = _split(text)
-    cands = [i for i in range(0, len(parts), 2) if _editable(parts[i]) and len(_core(parts[i])[1]) >= 3]
+    cands = _slots(parts, lambda core: len(core) >= 3)
     for i in rng.sample(cands, min(len(cands), _count(len(parts[::2]), share))):
         pre, w, post = _core(parts[i])
         k = rng.randrange(len(w))

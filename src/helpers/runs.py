@@ -6,7 +6,6 @@ import os
 import platform
 import random
 import subprocess
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
@@ -192,14 +191,3 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     set_seed(seed)
 
-
-class Timer:
-    """`with Timer() as t: ...; t.seconds`."""
-
-    def __enter__(self) -> "Timer":
-        self.start = time.perf_counter()
-        self.seconds = 0.0
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.seconds = time.perf_counter() - self.start
