@@ -137,3 +137,15 @@ def test_index_script_runs_and_compares_two_runs_in_chromium(reports, tmp_path):
     compare = dom[dom.index('id="compare"'):dom.index('id="runs-data"')]
     assert "param: tune.learning_rate" in compare and "0.0002" in compare and "0.0001" in compare
     assert "param: data.source" not in compare  # only what differs between the two runs
+
+
+def test_empty_tables_render_with_the_stage_reason(chat_run):
+    # A chat file without topics makes no per-group columns: pandas writes such a frame as one
+    # newline, which read_csv refuses. An empty table is a result, and the page says why.
+    artifacts.table(chat_run, "explore", "2-grams-per-group", pd.DataFrame(), "Per group", empty="No groups: no topic")
+    artifacts.table(chat_run, "explore", "near-duplicates", pd.DataFrame(columns=["a", "b"]), "Pairs")
+    assert (chat_run.dir / "tables" / "explore-2-grams-per-group.csv").stat().st_size <= 2
+    page = report.render_run(chat_run).read_text()
+    assert "(No groups: no topic)" in page and "(no rows: nothing of this kind was found)" in page
+    entries = {e["name"]: e for e in json.loads((chat_run.dir / "artifacts.json").read_text())}
+    assert entries["2-grams-per-group"]["rows"] == 0 and entries["summary"]["rows"] == 2

@@ -35,15 +35,23 @@ def figure(run: Run, stage: str, name: str, fig, caption: str = "") -> Path:
     return path
 
 
-def table(run: Run, stage: str, name: str, df: pd.DataFrame, caption: str = "") -> Path:
-    """Save a table as tables/<stage>-<name>.csv and register it for the report."""
+def table(run: Run, stage: str, name: str, df: pd.DataFrame, caption: str = "", empty: str = "") -> Path:
+    """Save a table as tables/<stage>-<name>.csv and register it (empty says why it has no rows)."""
     folder = run.dir / "tables"
     folder.mkdir(exist_ok=True)
     path = folder / f"{stage}-{name}.csv"
     df.to_csv(path, index=False)
     _register(run, {"stage": stage, "name": name, "kind": "table", "path": str(path.relative_to(run.dir)),
-                    "caption": caption})
+                    "caption": caption, "rows": len(df), "empty": empty})
     return path
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A registered table read back; a table without rows (or columns) is a valid, empty result."""
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:  # pandas writes a frame with no columns as one newline
+        return pd.DataFrame()
 
 
 def note(run: Run, stage: str, name: str, markdown: str) -> None:

@@ -108,11 +108,11 @@ def image_html(path: Path, caption: str) -> str:
             f"<figcaption>{esc(caption)}</figcaption></figure>")
 
 
-def table_html(df: pd.DataFrame, max_rows: int, caption: str = "") -> str:
+def table_html(df: pd.DataFrame, max_rows: int, caption: str = "", empty: str = "") -> str:
     """A DataFrame as an escaped HTML table (numbers right-aligned), cut at max_rows."""
     cap = f'<p class="muted">{esc(caption)}</p>' if caption else ""
     if df.empty:
-        return f'{cap}<p class="muted">(no rows: nothing of this kind was found)</p>'
+        return f'{cap}<p class="muted">({esc(empty or "no rows: nothing of this kind was found")})</p>'
     shown = df.head(max_rows)
     numeric = {c for c in shown.columns if pd.api.types.is_numeric_dtype(shown[c])}
     head = "".join(f'<th class="{"num" if c in numeric else ""}">{esc(c)}</th>' for c in shown.columns)
@@ -240,8 +240,10 @@ def stage_html(run: Run, stage: str, entries: list[dict], stage_metrics: dict, m
             parts.append(title + image_html(run.dir / e["path"], e.get("caption", "")))
         elif e["kind"] == "table":
             path = run.dir / e["path"]
-            body = table_html(pd.read_csv(path), max_rows, e.get("caption", "")) if path.is_file() \
-                else f'<p class="muted">missing table: {esc(path.name)}</p>'
+            if path.is_file():
+                body = table_html(artifacts.read_table(path), max_rows, e.get("caption", ""), e.get("empty", ""))
+            else:
+                body = f'<p class="muted">missing table: {esc(path.name)}</p>'
             parts.append(title + body)
         elif e["kind"] == "note":
             parts.append(f'<div class="note">{markdown_html(e.get("markdown", ""))}</div>')
