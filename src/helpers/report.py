@@ -22,7 +22,7 @@ import pandas as pd
 
 from . import artifacts, paths
 from .config import Config, ConfigError, diff_from_defaults, flatten
-from .runs import Run, read_json
+from .runs import Run, read_json, write_text
 
 SECTION_TITLES = {"explore": "Data", "clean": "Cleaning", "augment": "Augmentation", "tune": "Training",
                   "search": "Search", "evaluate": "Evaluation"}
@@ -280,7 +280,7 @@ def render_run(run: Run, out: Path | None = None) -> Path:
         f'<section id="headline"><h2>Headline</h2>{cards_html(headline(metrics))}</section>'
         f'<section id="run"><h2>The run</h2>{manifest_html(run, cfg, manifest)}</section>' + "".join(body)))
     path = out or run.dir / "report.html"
-    path.write_text(html_text, encoding="utf-8")
+    write_text(path, html_text)
     return path
 
 
@@ -387,7 +387,7 @@ def write_index(reports_dir: Path | str | None = None) -> Path:
             f'<h2>Compare two runs</h2><div id="compare"><noscript>Comparing needs JavaScript.</noscript></div>'
             f'<script type="application/json" id="runs-data">{data}</script>')
     path = reports_dir / "index.html"
-    path.write_text(page("tunebook runs", body, INDEX_JS, wide=True), encoding="utf-8")
+    write_text(path, page("tunebook runs", body, INDEX_JS, wide=True))
     return path
 
 
