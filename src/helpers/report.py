@@ -122,6 +122,15 @@ def table_html(df: pd.DataFrame, max_rows: int, caption: str = "") -> str:
     return f'{cap}<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>{more}'
 
 
+def links_html(links: dict[str, Path]) -> str:
+    """Links to local files, paths made relative to here, URL-quoted and escaped (a run name is user text)."""
+    import os
+    from urllib.parse import quote
+
+    return " · ".join(f'<a href="{esc(quote(Path(os.path.relpath(path)).as_posix()))}" target="_blank">{esc(text)}</a>'
+                      for text, path in links.items())
+
+
 def key_values(items: dict[str, Any]) -> str:
     """A two-column table of name / value pairs (short lists shown as rounded numbers)."""
     rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(fmt_any(v))}</td></tr>" for k, v in items.items())
