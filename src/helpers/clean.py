@@ -454,7 +454,7 @@ def split_counts(n: int, cfg: Config, rows: int | None = None) -> dict[str, int]
     test = max(1, round(n * s.test)) if s.test > 0 else 0
     if n - val - test < 1:
         rows = n if rows is None else rows
-        grouped = (f" in {n} groups of similar rows (clean.group_threshold: {cfg.clean.group_threshold} keeps "
+        grouped = (f" in {n} group{'s' if n != 1 else ''} of similar rows (clean.group_threshold: {cfg.clean.group_threshold} keeps "
                    f"each group in one split; a higher value or null makes more, smaller groups)") if rows != n else ""
         raise DataError(f"only {rows} rows are left after cleaning{grouped}: too few for a {s.validation:.0%} validation "
                         f"/ {s.test:.0%} test split (data.split) with a training row left. Add data, lower data.split, "

@@ -366,8 +366,7 @@ def _read_csv(path: Path, cfg: Config) -> Loaded:
     out.note(tf.note)
     if not tf.text.strip():
         raise DataError(f"{path}: the file is empty")
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    records = _csv_records(path, tf, delimiter, out)
+    records = _csv_records(path, tf, "\t" if path.suffix.lower() == ".tsv" else ",", out)
     header = next((fields for _, _, fields in records if fields), [])
     missing = [c for c in cols if c not in header]
     if missing:
@@ -380,16 +379,6 @@ def _read_csv(path: Path, cfg: Config) -> Loaded:
         if any(n in tf.bad_lines for n in range(first, last + 1)):
             out.problem(src, "encoding", tf.bad_lines[next(n for n in range(first, last + 1) if n in tf.bad_lines)],
                         fields)
-            continue
-        # A quote opened at `first` and closed, by chance, by a later row's quote (no error to
-        # catch): its field then holds whole rows. Three row-like lines (the opening one counted
-        # without its quote) before the closing line tell it from a text that spans lines.
-        span = tf.lines()[first - 1:last - 1]
-        rowlike = _rowlike_lines([span[0].replace('"', "", 1)] + span[1:], len(header), delimiter) if span else 0
-        if rowlike >= 3:
-            out.problem(f"{path.name}:{first}", "quote", f"one field runs from line {first} to line {last} and holds "
-                        f"{rowlike} lines that look like rows of their own: is a quote at line {first} not closed? The "
-                        f"record (lines {first}-{last}) is set aside whole; close the quote and rerun", fields)
             continue
         if len(fields) > len(header) and any(f.strip() for f in fields[len(header):]):
             out.problem(src, "csv", f"{len(fields)} fields where the header has {len(header)}: a text holding the "
@@ -406,12 +395,15 @@ def _read_csv(path: Path, cfg: Config) -> Loaded:
 def _csv_records(path: Path, tf: TextFile, delimiter: str, out: Loaded) -> Iterator[tuple[int, int, list[str]]]:
     """Yield (first line, last line, fields) per CSV record, the header first ([] for a blank line).
 
-    The reader is strict, so a quote left open does not swallow the lines after it into one field:
-    the record where it opens is set aside (rule quote, naming its line) and reading restarts on
-    the next line, so every following row is still read and accounted for.
+    A quote left open must not swallow the lines after it into one field. The strict reader stops
+    where the swallowing field ends badly; a field that ends well by chance (on a later row's quote)
+    is caught by holding whole rows (`_rowlike_lines`). Either way the record's first line, where
+    the quote opens, is set aside (rule quote, naming the line) and reading restarts on the next
+    line, so every following row is still read and accounted for.
     """
     lines = tf.lines()
     start = 0  # index in lines where the current reader began
+    width = 0  # fields in the header, once read
     old_limit = csv.field_size_limit(min(sys.maxsize, CSV_FIELD_LIMIT))
     try:
         while start < len(lines):
@@ -419,9 +411,22 @@ def _csv_records(path: Path, tf: TextFile, delimiter: str, out: Loaded) -> Itera
             done = 0  # reader.line_num after the last complete record
             try:
                 for fields in reader:
-                    yield start + done + 1, start + reader.line_num, fields
+                    first, last = start + done + 1, start + reader.line_num
+                    span = lines[first - 1:last - 1]  # the record's lines but its last
+                    rowlike = _rowlike_lines([span[0].replace('"', "", 1)] + span[1:], width, delimiter) \
+                        if width and last - first >= 2 else 0
+                    if rowlike >= 3:  # the opening line (quote removed) and two more read as whole rows
+                        out.problem(f"{path.name}:{first}", "quote", (
+                            f"a quote opened at line {first} runs on to line {last}, taking in {rowlike - 1} lines "
+                            f"that look like rows of their own; close the quote (a quote inside a quoted field is "
+                            f"written twice: \"\"). Reading went on at line {first + 1}"), lines[first - 1])
+                        start = first
+                        break
+                    width = width or len(fields)
+                    yield first, last, fields
                     done = reader.line_num
-                return
+                else:
+                    return
             except csv.Error as e:
                 first, ran_to = start + done + 1, start + reader.line_num
                 if "expected after" in str(e) or "unexpected end of data" in str(e):
