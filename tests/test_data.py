@@ -54,9 +54,10 @@ def test_labelled_csv_with_typo_and_empty_fields(fixtures):
     assert len(out.rows) + len(out.problems) == 8
 
 
-def test_non_utf8_csv_is_a_clear_error(fixtures):
-    with pytest.raises(DataError, match=r"latin1.csv: not UTF-8 .*iconv"):
-        data.load(cfg_for(fixtures / "latin1.csv", "classification"))
+def test_non_utf8_csv_is_read_as_cp1252_and_said_so(fixtures):
+    with pytest.warns(UserWarning, match=r"latin1.csv is not UTF-8 .*iconv -f cp1252 -t utf-8"):
+        out = data.load(cfg_for(fixtures / "latin1.csv", "classification"))
+    assert out.rows[0]["text"] == "The café at gate A2 was great" and out.notes
 
 
 def test_empty_file_is_a_clear_error(fixtures):

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from . import plots
-from .runs import Run, read_json, write_json
+from .runs import Run, atomic_write, read_json, write_json
 
 STAGES = ["explore", "clean", "augment", "tune", "search", "evaluate"]  # report section order
 
@@ -40,7 +40,8 @@ def table(run: Run, stage: str, name: str, df: pd.DataFrame, caption: str = "", 
     folder = run.dir / "tables"
     folder.mkdir(exist_ok=True)
     path = folder / f"{stage}-{name}.csv"
-    df.to_csv(path, index=False)
+    with atomic_write(path) as f:  # a killed run never leaves half a table
+        df.to_csv(f, index=False)
     _register(run, {"stage": stage, "name": name, "kind": "table", "path": str(path.relative_to(run.dir)),
                     "caption": caption, "rows": len(df), "empty": empty})
     return path

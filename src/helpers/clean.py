@@ -164,7 +164,12 @@ def remove_control_chars(text: str) -> str:
 
 def strip_html_tags(text: str) -> str:
     """Replace tags with a space (so words either side stay apart); keep PII placeholders."""
-    return HTML_TAG_RE.sub(" ", text)
+    # Until nothing changes: removing one tag must not join the pieces of another ("<scr<b>ipt>").
+    while True:
+        stripped = HTML_TAG_RE.sub(" ", text)
+        if stripped == text:
+            return text
+        text = stripped
 
 
 def scrub_pii(text: str, kinds: list[str]) -> str:
@@ -226,8 +231,11 @@ def text_rules(cfg: Config) -> list[tuple[str, Callable[[str], str]]]:
     rules: list[tuple[str, Callable[[str], str], bool]] = [
         ("mojibake", fix_mojibake, c.fix_mojibake),  # first: later rules need the real characters
         ("control_chars", remove_control_chars, c.remove_control_chars),  # after: mojibake may hold C1 bytes
-        ("html_tags", outside_code(strip_html_tags), c.strip_html_tags),  # before entities: &lt;b&gt; is text
+        # Entities before tags: "&lt;script&gt;" decodes to a tag, which the tag rule then removes
+        # (the other order would hand later stages a real <script>). Decoded once: "&amp;lt;b&amp;gt;"
+        # becomes the text "&lt;b&gt;", as a browser shows it, and no tag.
         ("html_entities", outside_code(html.unescape), c.unescape_html),
+        ("html_tags", outside_code(strip_html_tags), c.strip_html_tags),
         ("unicode", lambda t: unicodedata.normalize("NFKC", t), c.normalize_unicode),
         ("pii", lambda t: scrub_pii(t, c.pii), bool(c.pii)),  # after tags: placeholders look like tags
         ("terminology", lambda t: apply_terminology(t, c.terminology), bool(c.terminology)),
@@ -439,15 +447,18 @@ def similarity_groups(rows: list[dict], threshold: float | None, seed: int) -> l
 
 # ---------------------------------------------------------------- split and balance
 
-def split_counts(n: int, cfg: Config) -> dict[str, int]:
-    """Rows (or groups) per split: round(n * share), at least 1 where a share is asked for."""
+def split_counts(n: int, cfg: Config, rows: int | None = None) -> dict[str, int]:
+    """Groups (rows when no grouping) per split: round(n * share), at least 1 where a share is asked for."""
     s = cfg.data.split
     val = max(1, round(n * s.validation)) if s.validation > 0 else 0
     test = max(1, round(n * s.test)) if s.test > 0 else 0
     if n - val - test < 1:
-        raise DataError(f"only {n} rows (or near-duplicate groups) left after cleaning: too few for a "
-                        f"{s.validation:.0%} validation / {s.test:.0%} test split. Add data, lower data.split, "
-                        f"or relax clean rules (see rejects.jsonl)")
+        rows = n if rows is None else rows
+        grouped = (f" in {n} group{'s' if n != 1 else ''} of similar rows (clean.group_threshold: {cfg.clean.group_threshold} keeps "
+                   f"each group in one split; a higher value or null makes more, smaller groups)") if rows != n else ""
+        raise DataError(f"only {rows} rows are left after cleaning{grouped}: too few for a {s.validation:.0%} validation "
+                        f"/ {s.test:.0%} test split (data.split) with a training row left. Add data, lower data.split, "
+                        f"or relax the cleaning rules (the rows dropped so far are listed above)")
     return {"train": n - val - test, "validation": val, "test": test}
 
 
@@ -460,7 +471,7 @@ def split_rows(rows: list[dict], cfg: Config, groups: list[int] | None = None) -
     for i, g in enumerate(groups):
         members[g].append(i)
     gids = list(members)
-    counts = split_counts(len(gids), cfg)
+    counts = split_counts(len(gids), cfg, len(rows))
     strata = None
     if cfg.experiment.task == "classification":  # a group's label: its most common one
         strata = [Counter(rows[i]["label"] for i in members[g]).most_common(1)[0][0] for g in gids]
@@ -480,9 +491,23 @@ def split_rows(rows: list[dict], cfg: Config, groups: list[int] | None = None) -
 
     rest, test, rest_labels = cut(gids, counts["test"], strata)
     train, val, _ = cut(rest, counts["validation"], rest_labels)
+    if strata is not None:
+        _check_train_labels({rows[i]["label"] for g in train for i in members[g]}, rows, cfg)
     # Rows keep their input order inside each split: easier to read and to diff between runs.
     return {name: [rows[i] for g in sorted(part) for i in members[g]]
             for name, part in (("train", train), ("validation", val), ("test", test))}
+
+
+def _check_train_labels(train_labels: set[str], rows: list[dict], cfg: Config) -> None:
+    """Stop before a classifier is built for fewer than two labels (a one-label head learns nothing)."""
+    if len(train_labels) >= 2:
+        return
+    counts = Counter(r["label"] for r in rows)
+    what = (f"every kept row has the label {next(iter(counts))!r}" if len(counts) == 1 else
+            f"the training split holds only {sorted(train_labels)} (kept rows per label: {dict(counts)})")
+    raise DataError(f"{what} after cleaning ({len(rows)} rows): a classifier needs at least two labels in its "
+                    f"training split. Add rows of the other labels, lower data.split, or relax the cleaning rules "
+                    f"(the rows dropped so far are listed above)")
 
 
 def balance(train: list[dict], cfg: Config, ledger: Ledger) -> list[dict]:

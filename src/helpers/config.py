@@ -6,13 +6,19 @@ name the key and the file. Each stage section is owned by the module of the same
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Task = Literal["chat", "classification"]
+# experiment.name becomes a folder name under reports/: a slug, so a shared params file cannot
+# put a run folder elsewhere ("../..", "/tmp/x", "a/b") or give it a name a shell or URL trips on.
+NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]|\.(?!\.)){0,79}")
+NAME_RULE = ("1-80 letters, digits, '-', '_' or '.', starting with a letter or digit, no '..' "
+             "(e.g. chat-faq or sentiment_v2)")
 
 
 class ConfigError(ValueError):
@@ -26,9 +32,18 @@ class Section(BaseModel):
 
 
 class ExperimentParams(Section):
-    name: str = "experiment"  # run folders are reports/<name>-<timestamp>
+    name: str = "experiment"  # run folders are reports/<name>-<timestamp>; a slug (NAME_RULE)
     task: Task = "chat"
     seed: int = 42  # the one seed: python, numpy, torch, splits, samplers, augmentation
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        # Here, not in create_run: every use of the name (run folders, the runs index, search
+        # studies) sees only checked names, and the error names the key and the file.
+        if not NAME_RE.fullmatch(name):
+            raise ValueError(f"not a safe run folder name: use {NAME_RULE}")
+        return name
 
 
 class SplitParams(Section):
@@ -308,6 +323,9 @@ def read_params_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
         return raw
     if not isinstance(base, str):
         raise ConfigError(f"{path}: `extends` must be a file name (e.g. extends: smoke.yaml), got {base!r}")
+    if not (path.parent / base).is_file():
+        raise ConfigError(f"{path}: `extends: {base}` names a file that does not exist ({path.parent / base}); "
+                          f"the base is looked up relative to {path.name}'s folder")
     parent = read_params_file(path.parent / base, _seen + (path.resolve(),))
     return _deep_merge(parent, raw)
 
@@ -335,7 +353,15 @@ def _split_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. tune.max_steps=10")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value) if value.strip() else None
+    if not value.strip():
+        return key.strip(), None
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        where = f" ({e.problem})" if getattr(e, "problem", None) else ""
+        raise ConfigError(f"override {key.strip()!r}: the value {value!r} is not valid YAML{where}; close the "
+                          f"bracket or quote (e.g. {key.strip()}=[a, b]), or pass it as a quoted text: "
+                          f"--set {key.strip()}='\"{value}\"'") from None
 
 
 def _explain(err: ValidationError, origin: str) -> str:

@@ -35,7 +35,9 @@ def summary(loaded: Loaded, cfg: Config) -> dict:
     # design (not bad rows), counted so that every row of the source is accounted for.
     return {"task": cfg.experiment.task, "source": cfg.data.source, "rows": len(loaded.rows),
             "set_aside": len(loaded.problems), "set_aside_by_rule": dict(Counter(p["rule"] for p in loaded.problems)),
-            "filtered": sum(loaded.filtered.values()), "filtered_by_reason": dict(loaded.filtered)}
+            "filtered": sum(loaded.filtered.values()), "filtered_by_reason": dict(loaded.filtered),
+            # how the file was read, when that needs saying (decoded as Windows-1252, ...)
+            **({"notes": list(loaded.notes)} if loaded.notes else {})}
 
 
 def problems_table(problems: list[dict]) -> pd.DataFrame:

@@ -32,8 +32,27 @@ def resolve(name_or_path: str) -> Path | str:
     if local.exists():
         if not (local / "config.json").is_file():
             raise ConfigError(f"model.name_or_path: {local} has no config.json; point it at a Hugging Face model folder")
+        _check_safetensors(local)
         return local
     return name_or_path  # a hub id: works online or from the local HF cache
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _check_safetensors(folder: Path) -> None:
+    """A local model folder must hold safetensors weights; pickle-only weights get a way to convert them."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ConfigError(
+            f"model.name_or_path: {folder} holds only pickle weights ({', '.join(pickles[:3])}); tunebook refuses "
+            f"them, because loading a pickle can run any code it contains. If you trust the file, convert it once "
+            f"to safetensors, in a separate Python:\n"
+            f"  from transformers import AutoModel  # or AutoModelForCausalLM / ...ForSequenceClassification\n"
+            f"  AutoModel.from_pretrained('{folder}', use_safetensors=False)"
+            f".save_pretrained('{folder}', safe_serialization=True)")
 
 
 def _converted_gguf(alias: str, folder: Path, gguf: str) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import paths
 from .config import ConfigError, load_config
-from .runs import Run, create_run, read_json, record_stage
+from .runs import Run, create_run, read_json, record_stage, write_text
 
 NOTEBOOKS = ["01-explore-data", "02-clean-data", "03-augment-data", "04-tune-model",
              "05-evaluate-model", "06-visualize-results"]
@@ -50,19 +50,34 @@ def run_notebook(run: Run, name: str) -> float:
         raise StageFailed(f"{name}.ipynb failed in cell {e.cell_index} ({first[0] if first else ''!r}...): "
                           f"{e.ename}: {e.evalue}\n  the partly executed notebook: {out}") from None
     seconds = time.perf_counter() - start
-    record_stage(run, name, status="ok", seconds=round(seconds, 1))
     _to_html(out)
+    # "ok" only once the notebook and its HTML are complete: a run killed before this line shows
+    # the stage as "running", and --resume runs it again.
+    record_stage(run, name, status="ok", seconds=round(seconds, 1))
     return seconds
 
 
+# nbconvert's lab template loads require.js, MathJax and mermaid from a CDN: without these blocks
+# the page needs no network, like report.html (our notebooks hold no widgets, math or diagrams).
+OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js -%}{%- endblock html_head_js -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+
+
 def _to_html(notebook: Path) -> None:
-    """The executed notebook as HTML beside it (code shown: it is the record of the stage)."""
+    """The executed notebook as self-contained HTML beside it (code shown: it is the record of the stage)."""
     import nbformat
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
     if notebook.is_file():
-        body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
-        notebook.with_suffix(".html").write_text(body, encoding="utf-8")
+        exporter = HTMLExporter(extra_loaders=[DictLoader({"tunebook-offline.html.j2": OFFLINE_TEMPLATE})],
+                                template_file="tunebook-offline.html.j2", embed_images=True)
+        body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
+        write_text(notebook.with_suffix(".html"), body)
 
 
 def run_experiment(params_file: str | None, overrides: list[str], resume: str | None = None,
@@ -124,11 +139,28 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         _write_index()
-    print(f"\ndone in {time.perf_counter() - started:.0f} s. Reports:")
+    print(f"\ndone in {time.perf_counter() - started:.0f} s.")
     for r in runs:
-        print(f"  {r.dir / 'report.html'}")
-    print(f"  index of all runs: {paths.REPORTS / 'index.html'}")
+        print("\n".join(outcome_lines(r)))
+    if (paths.REPORTS / "index.html").is_file():
+        print(f"index of all runs: {paths.REPORTS / 'index.html'}")
     return 0
+
+
+def outcome_lines(run: Run) -> list[str]:
+    """What a finished run left for the user: rows set aside (and where), and the pages that exist."""
+    from .data import read_jsonl
+
+    lines = [f"{run.dir}:"]
+    for name, what in (("problems.jsonl", "set aside by validation (01)"), ("rejects.jsonl", "dropped by cleaning (02)")):
+        path = run.data / name
+        n = len(read_jsonl(path)) if path.is_file() else 0
+        if n:
+            lines.append(f"  {n} rows {what}: see {path}")
+    report = run.dir / "report.html"
+    lines.append(f"  report: {report}" if report.is_file() else
+                 f"  no report.html (stage 06 did not run); executed notebooks: {run.notebooks}")
+    return lines
 
 
 def _write_index() -> None:

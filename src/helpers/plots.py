@@ -23,7 +23,10 @@ def save(fig, figures_dir: Path, name: str) -> Path:
     """Save a figure as figures_dir/name.png (the report embeds it) and return the path."""
     figures_dir.mkdir(parents=True, exist_ok=True)
     path = figures_dir / f"{name}.png"
-    fig.savefig(path)
+    from .runs import atomic_write
+
+    with atomic_write(path, "wb") as f:  # a killed run never leaves half a PNG
+        fig.savefig(f, format="png")
     return path
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from . import artifacts, paths
 from .config import Config, ConfigError, diff_from_defaults, flatten
-from .runs import Run, read_json
+from .runs import Run, read_json, write_text
 
 SECTION_TITLES = {"explore": "Data", "clean": "Cleaning", "augment": "Augmentation", "tune": "Training",
                   "search": "Search", "evaluate": "Evaluation"}
@@ -120,6 +120,15 @@ def table_html(df: pd.DataFrame, max_rows: int, caption: str = "", empty: str = 
                                     for c, v in row.items()) + "</tr>" for _, row in shown.iterrows())
     more = f'<p class="muted">{len(df) - max_rows} more rows in the CSV.</p>' if len(df) > max_rows else ""
     return f'{cap}<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>{more}'
+
+
+def links_html(links: dict[str, Path]) -> str:
+    """Links to local files, paths made relative to here, URL-quoted and escaped (a run name is user text)."""
+    import os
+    from urllib.parse import quote
+
+    return " · ".join(f'<a href="{esc(quote(Path(os.path.relpath(path)).as_posix()))}" target="_blank">{esc(text)}</a>'
+                      for text, path in links.items())
 
 
 def key_values(items: dict[str, Any]) -> str:
@@ -282,7 +291,7 @@ def render_run(run: Run, out: Path | None = None) -> Path:
         f'<section id="headline"><h2>Headline</h2>{cards_html(headline(metrics))}</section>'
         f'<section id="run"><h2>The run</h2>{manifest_html(run, cfg, manifest)}</section>' + "".join(body)))
     path = out or run.dir / "report.html"
-    path.write_text(html_text, encoding="utf-8")
+    write_text(path, html_text)
     return path
 
 
@@ -389,7 +398,7 @@ def write_index(reports_dir: Path | str | None = None) -> Path:
             f'<h2>Compare two runs</h2><div id="compare"><noscript>Comparing needs JavaScript.</noscript></div>'
             f'<script type="application/json" id="runs-data">{data}</script>')
     path = reports_dir / "index.html"
-    path.write_text(page("tunebook runs", body, INDEX_JS, wide=True), encoding="utf-8")
+    write_text(path, page("tunebook runs", body, INDEX_JS, wide=True))
     return path
 
 

@@ -6,11 +6,12 @@ import os
 import platform
 import random
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterator
 
 import numpy as np
 
@@ -76,7 +77,7 @@ def create_run(cfg: Config, reports: Path | None = None) -> Run:
     run = Run(folder)
     for sub in (run.data, run.model, run.figures, run.notebooks):
         sub.mkdir()
-    run.config_file.write_text(to_yaml(cfg), encoding="utf-8")
+    write_text(run.config_file, to_yaml(cfg))
     write_json(run.manifest_file, manifest(cfg))
     return run
 
@@ -150,11 +151,36 @@ def read_json(path: Path, default: Any = None) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else default
 
 
+@contextmanager
+def atomic_write(path: Path, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file beside path and rename it over path once the block ends without error.
+
+    A run killed mid-write (SIGKILL, power cut) leaves the old file or none, never half a file that
+    a resumed run would take as done. The temporary name carries the process id, so two writers
+    never share one.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write a UTF-8 text file atomically; returns the path."""
+    with atomic_write(path) as f:
+        f.write(text)
+    return Path(path)
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically (a killed run never leaves half a file)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2, default=_jsonable))
 
 
 def _jsonable(obj: Any) -> Any:

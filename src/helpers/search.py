@@ -338,7 +338,7 @@ def write_best(run: Run, best: Config) -> Path:
     rerun = apply_overrides(best, {"experiment.name": f"{best.experiment.name.removesuffix('-best')}-best"})
     header = (f"# The best trial of the search in {run.dir.name}: every key spelled out (no extends).\n"
               f"# Run: make pipeline EXP={path}\n")
-    path.write_text(header + to_yaml(rerun), encoding="utf-8")
+    runs.write_text(path, header + to_yaml(rerun))
     return path
 
 
@@ -349,5 +349,5 @@ def apply_best(run: Run, cfg: Config, study: optuna.Study) -> Config:
         write_best(run, best)
         # config.yaml says what ran: stages 05 and 06 (and a rerun of 04) read it. It keeps the
         # run's experiment name, so a rerun with --search joins this study rather than a new one.
-        run.config_file.write_text(to_yaml(best), encoding="utf-8")
+        runs.write_text(run.config_file, to_yaml(best))
     return best

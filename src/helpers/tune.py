@@ -381,8 +381,9 @@ class SampleCallback(TrainerCallback):
                                      pad_token_id=self.tokenizer.pad_token_id)
                 answer = self.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
                 rows.append({"step": step, "prompt": prompt, "answer": answer})
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        # Rewritten whole (atomically) rather than appended: a kill mid-append would leave half a
+        # line that the resumed run's _trim_samples could not read. The file holds a few dozen rows.
+        data.write_jsonl(self.path, (data.read_jsonl(self.path) if self.path.is_file() else []) + rows)
         model.train(was_training)
 
 
@@ -607,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.set:
             cfg = apply_overrides(cfg, args.set)
             if is_main_process():
-                run.config_file.write_text(to_yaml(cfg), encoding="utf-8")  # config.yaml says what ran
+                runs.write_text(run.config_file, to_yaml(cfg))  # config.yaml says what ran
         if args.search or cfg.search.enabled:
             from . import search  # here: search imports tune
 
