@@ -114,8 +114,10 @@ def run_sweep(params_file: str, overrides: list[str], grid: list[str], stages: l
             print(f"\nvariant {i + 1}/{len(plan.variants)}: {sweep.label(variant.values)}", flush=True)
             done.append(run_experiment(None, [], stages=stages, reuse_mode=reuse_mode, cfg=variant.config,
                                        sweep_tag=plan.tag(i)))
-    finally:  # also after a failed variant: the page shows what finished
-        page = sweep.write_sweep(plan, paths.REPORTS)
+            page = sweep.write_sweep(plan, paths.REPORTS)  # after each variant: the page grows with the sweep
+    except BaseException:
+        sweep.write_sweep(plan, paths.REPORTS)  # the page shows what finished and which run failed
+        raise
     return done, page
 
 

@@ -109,8 +109,11 @@ def input_digests(run: Run, stage: str) -> dict[str, str]:
         for p in files:
             out[p.relative_to(run.dir).as_posix()] = file_digest(p)
     if stage == "01-explore-data":
-        cfg = run.config()
-        for p in data.source_files(cfg):
+        try:
+            files = data.source_files(run.config())
+        except FileNotFoundError:  # a bundled package missing: stage 01 itself says how to fix it
+            files = []
+        for p in files:
             out[f"source:{_source_name(p)}"] = file_digest(p)
     return out
 

@@ -217,6 +217,8 @@ def metric_figure(rows: list[dict[str, Any]], grid: dict[str, list]):
             ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=f"C{n % 10}", label=name or None)
         if not numeric:
             ax.set_xticks(range(len(order)), order, fontsize=8)
+        elif min(values) > 0 and max(values) / min(values) >= 100:  # learning rates and the like
+            ax.set_xscale("log")
         ax.set(xlabel=k, ylabel=f"{title} (95% CI)" if ax is axes[0][0] else "")
         if others and len(groups) > 1:
             ax.legend(fontsize=7)
