@@ -10,17 +10,20 @@ STAMP := $(VENV)/.tunebook-installed
 EXP ?=
 RESUME ?=
 SET ?=
+GRID ?=
+REUSE ?=
 # Offline by default: nothing is fetched from a model hub at run time.
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help env pipeline test test-fast bench lab tensorboard clean-env
+.PHONY: help env pipeline sweep test test-fast bench lab tensorboard clean-env
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "  variables: EXP=params/x.yaml  RESUME=reports/<run>  SET='tune.max_steps=10 ...'"
+	@echo "             GRID='augment.enabled=true,false tune.lora.r=8,16'  REUSE=same-code|any|0"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +37,10 @@ $(STAMP): pyproject.toml
 env: $(STAMP) ## create .venv with the pinned dependencies, bundled models and data, and the kernel
 
 pipeline: $(STAMP) ## run EXP (default: the bundled chat and classification experiments) into reports/
-	$(BIN)/python -m helpers.pipeline $(if $(RESUME),--resume $(RESUME),$(if $(EXP),--params $(EXP),--bundled)) $(foreach s,$(SET),--set $(s))
+	$(BIN)/python -m helpers.pipeline $(if $(RESUME),--resume $(RESUME),$(if $(EXP),--params $(EXP),--bundled)) $(foreach s,$(SET),--set $(s)) $(if $(REUSE),--reuse $(REUSE))
+
+sweep: $(STAMP) ## run every combination of GRID (or EXP's sweep: section) over EXP, then one sweep page
+	$(BIN)/python -m helpers.pipeline --params $(or $(EXP),$(error give EXP=params/x.yaml)) $(if $(GRID),--grid '$(GRID)') $(foreach s,$(SET),--set $(s)) $(if $(REUSE),--reuse $(REUSE))
 
 test: $(STAMP) ## run the whole test suite, end-to-end notebooks included
 	$(BIN)/python -m pytest -q

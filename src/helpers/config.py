@@ -274,6 +274,26 @@ class ReportParams(Section):
     max_table_rows: int = Field(100, ge=1)
 
 
+class SweepParams(Section):
+    # Dotted params keys -> the values to try, e.g. {"tune.lora.r": [8, 16]}: every combination
+    # is its own run (helpers.sweep), the first value of each key making the reference variant
+    # the others are compared with. {} = one plain run. Each variant's config.yaml holds the
+    # values it ran with and an empty sweep section.
+    grid: dict[str, list[Any]] = {}
+    name: str | None = None  # the sweep page's folder is reports/sweep-<name>-<stamp>; None = experiment name
+
+    @model_validator(mode="after")
+    def _check_grid(self) -> "SweepParams":
+        # The key's existence and each value's type are checked when the variants are built
+        # (helpers.sweep.variant_configs), with the same messages as a params file.
+        for key, values in self.grid.items():
+            if key.split(".")[0] == "sweep":
+                raise ValueError(f"sweep.grid: {key!r} cannot sweep the sweep section itself")
+            if not values:
+                raise ValueError(f"sweep.grid.{key}: give at least one value, e.g. [8, 16]")
+        return self
+
+
 class Config(Section):
     experiment: ExperimentParams = ExperimentParams()
     data: DataParams = DataParams()
@@ -285,6 +305,7 @@ class Config(Section):
     search: SearchParams = SearchParams()
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
+    sweep: SweepParams = SweepParams()
 
     @model_validator(mode="after")
     def _check_splits(self) -> "Config":

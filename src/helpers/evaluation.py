@@ -200,6 +200,13 @@ def _pooled_ppl(sums: np.ndarray, counts: np.ndarray, idx: np.ndarray) -> float:
     return float(np.exp(sums[idx].sum() / n)) if n else float("nan")
 
 
+def nll_rows(rows: list[dict], nlls: dict[str, list[np.ndarray]]) -> list[dict]:
+    """One record per test row for data/nlls.jsonl: answer tokens and each model's summed NLL (nats),
+    full precision, so a sweep can pair runs on the same rows (exp(sum nll / sum tokens) is perplexity)."""
+    return [{"id": r["id"], "tokens": int(len(nlls["tuned"][i])),
+             **{f"{name}_nll": float(v[i].sum()) for name, v in nlls.items()}} for i, r in enumerate(rows)]
+
+
 def perplexity_table(rows: list[dict], nlls: dict[str, list[np.ndarray]], resamples: int, seed: int) -> pd.DataFrame:
     """Base vs tuned perplexity overall and per slice, with tokens, 95% bootstrap intervals
     and the paired change (same resampled examples for both models)."""

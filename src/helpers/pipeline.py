@@ -3,10 +3,14 @@
     python -m helpers.pipeline --params params/chat-faq.yaml [--set tune.max_steps=10 ...]
     python -m helpers.pipeline --bundled          # the bundled chat and classification runs
     python -m helpers.pipeline --resume reports/chat-faq-20261121-101500
+    python -m helpers.pipeline --params params/smoke.yaml --grid 'augment.enabled=true,false tune.lora.r=8,16'
 
 A failing notebook stops the run with exit code 1, naming the notebook and the cell; the
 partly executed notebook stays in the run folder. --resume reruns the stages that did not
-finish (the tune stage continues from its last checkpoint).
+finish (the tune stage continues from its last checkpoint). --grid (or a params file's
+`sweep:` section) runs every combination as its own run and writes one sweep page
+(helpers.sweep). A stage whose config keys, inputs and code match a finished stage of an
+earlier run reuses its outputs (helpers.reuse; --reuse same-code|any|off).
 """
 from __future__ import annotations
 
@@ -16,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import paths
-from .config import ConfigError, load_config
+from . import paths, reuse, sweep
+from .config import Config, ConfigError, load_config
 from .runs import Run, create_run, read_json, record_stage, write_text
 
 NOTEBOOKS = ["01-explore-data", "02-clean-data", "03-augment-data", "04-tune-model",
@@ -30,12 +34,14 @@ class StageFailed(RuntimeError):
     """A notebook raised; the message names the notebook and the cell."""
 
 
-def run_notebook(run: Run, name: str) -> float:
-    """Execute one notebook into the run folder, then render it to HTML; returns seconds."""
+def run_notebook(run: Run, name: str, key: dict | None = None) -> float:
+    """Execute one notebook into the run folder, then render it to HTML; returns seconds.
+    On success the manifest records what the stage wrote and its reuse key."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
     out = run.notebooks / f"{name}.ipynb"
+    before = reuse.snapshot(run)
     start = time.perf_counter()
     record_stage(run, name, status="running")
     try:
@@ -51,8 +57,9 @@ def run_notebook(run: Run, name: str) -> float:
                           f"{e.ename}: {e.evalue}\n  the partly executed notebook: {out}") from None
     seconds = time.perf_counter() - start
     _to_html(out)
-    # "ok" only once the notebook and its HTML are complete: a run killed before this line shows
-    # the stage as "running", and --resume runs it again.
+    reuse.record_outputs(run, name, before, key)
+    # "ok" only once the notebook, its HTML and its outputs' record are complete: a run killed
+    # before this line shows the stage as "running", and --resume runs it again.
     record_stage(run, name, status="ok", seconds=round(seconds, 1))
     return seconds
 
@@ -81,24 +88,52 @@ def _to_html(notebook: Path) -> None:
 
 
 def run_experiment(params_file: str | None, overrides: list[str], resume: str | None = None,
-                   stages: list[str] | None = None) -> Run:
-    """Create (or resume) a run folder and execute the notebooks in order."""
+                   stages: list[str] | None = None, reuse_mode: str = "same-code",
+                   cfg: Config | None = None, sweep_tag: dict | None = None) -> Run:
+    """Create (or resume) a run folder and execute the notebooks in order, reusing finished
+    stages of earlier runs where reuse_mode allows (cfg: an already resolved config, e.g. a sweep's variant)."""
     if resume:
         run = Run(Path(resume))
         if not run.config_file.is_file():
             raise ConfigError(f"--resume {resume}: not a run folder (no config.yaml)")
         done = {k for k, v in read_json(run.manifest_file, {}).get("stages", {}).items() if v.get("status") == "ok"}
     else:
-        run, done = create_run(load_config(params_file, overrides)), set()
+        run, done = create_run(cfg or load_config(params_file, overrides)), set()
+        if sweep_tag:
+            sweep.tag_run(run, sweep_tag)
     print(f"run folder: {run.dir}", flush=True)
     for name in stages or NOTEBOOKS:
         if name in done:
             print(f"  {name}: done before, skipped", flush=True)
             continue
+        key = reuse.stage_key(run, name)
+        found = reuse.find_source(run, name, key, reuse_mode) if key else None
+        if found:
+            reuse.reuse_stage(run, name, *found, key)
+            print(f"  {name}: reused from {found[0].dir.name}", flush=True)
+            continue
         print(f"  {name} ...", end="", flush=True)
-        seconds = run_notebook(run, name)
+        seconds = run_notebook(run, name, key)
         print(f" {seconds:.0f} s", flush=True)
     return run
+
+
+def run_sweep(params_file: str, overrides: list[str], grid: list[str], stages: list[str] | None,
+              reuse_mode: str) -> tuple[list[Run], Path]:
+    """Every combination of the grid as its own run, then the sweep page over them."""
+    plan = sweep.plan(params_file, overrides, grid)  # every variant's config checked before any run
+    print(f"sweep {plan.id}: {len(plan.variants)} runs over {', '.join(plan.grid)}", flush=True)
+    done: list[Run] = []
+    try:
+        for i, variant in enumerate(plan.variants):
+            print(f"\nvariant {i + 1}/{len(plan.variants)}: {sweep.label(variant.values)}", flush=True)
+            done.append(run_experiment(None, [], stages=stages, reuse_mode=reuse_mode, cfg=variant.config,
+                                       sweep_tag=plan.tag(i)))
+            page = sweep.write_sweep(plan, paths.REPORTS)  # after each variant: the page grows with the sweep
+    except BaseException:
+        sweep.write_sweep(plan, paths.REPORTS)  # the page shows what finished and which run failed
+        raise
+    return done, page
 
 
 def select_stages(spec: str) -> list[str]:
@@ -121,19 +156,33 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run in its own folder")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param, e.g. tune.max_steps=10")
     p.add_argument("--stages", help="comma-separated notebook names or numbers to run (default: all)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="sweep: run every combination, e.g. 'augment.enabled=true,false tune.lora.r=8,16'; "
+                        "a value list holding commas is written as YAML: 'augment.ops=[[typo], [swap, typo]]'")
+    p.add_argument("--reuse", default="same-code", metavar="MODE",
+                   help="reuse finished stages of earlier runs: same-code (default), any (across code changes), off")
     a = p.parse_args(argv)
     # The kernels inherit this: progress bars would fill the executed notebooks with redraws.
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    started, runs = time.perf_counter(), []
+    started, runs, sweep_page = time.perf_counter(), [], None
     try:
         stages = select_stages(a.stages) if a.stages else None
+        try:
+            mode = reuse.parse_mode(a.reuse)
+        except ValueError as e:
+            raise ConfigError(f"--reuse: {e}") from None
         if a.resume and a.set:
             raise ConfigError("--set cannot change a run being resumed (its config.yaml is what ran); "
                               "start a new run with --params and --set instead")
-        files = BUNDLED if a.bundled else [a.params] if a.params else [None]
-        for f in files:
-            runs.append(run_experiment(str(paths.ROOT / f) if a.bundled else f, a.set, a.resume, stages))
+        if a.grid and not a.params:
+            raise ConfigError("--grid sweeps one experiment: give it with --params")
+        if a.params and (a.grid or load_config(a.params, a.set).sweep.grid):
+            runs, sweep_page = run_sweep(a.params, a.set, a.grid, stages, mode)
+        else:
+            files = BUNDLED if a.bundled else [a.params] if a.params else [None]
+            for f in files:
+                runs.append(run_experiment(str(paths.ROOT / f) if a.bundled else f, a.set, a.resume, stages, mode))
     except (StageFailed, ConfigError) as e:
         print(f"\nFAILED: {e}", file=sys.stderr)
         return 1
@@ -142,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ndone in {time.perf_counter() - started:.0f} s.")
     for r in runs:
         print("\n".join(outcome_lines(r)))
+    if sweep_page:
+        print(f"the sweep: {sweep_page}")
     if (paths.REPORTS / "index.html").is_file():
         print(f"index of all runs: {paths.REPORTS / 'index.html'}")
     return 0

@@ -228,8 +228,10 @@ def manifest_html(run: Run, cfg: Config | None, manifest: dict[str, Any]) -> str
         st = pd.DataFrame([{"stage": k, "seconds": v.get("seconds"),
                             "status": "writing this page" if k.startswith("06-") and v.get("status") == "running"
                             else v.get("status", ""),
+                            "reused from": v.get("reused_from", ""),
                             "error": v.get("error", "")} for k, v in stages.items()])
-        out.append("<h3>Stages</h3>" + table_html(st.drop(columns="error") if not st["error"].any() else st, 50))
+        st = st.drop(columns=[c for c in ("reused from", "error") if not st[c].any()])
+        out.append("<h3>Stages</h3>" + table_html(st, 50))
     packages = {k: v for k, v in manifest.get("packages", {}).items() if v}
     if packages:
         out.append("<h3>Package versions</h3>" + key_values(packages))
@@ -282,6 +284,9 @@ def render_run(run: Run, out: Path | None = None) -> Path:
         toc.append(f'<li><a href="#{esc(s)}">{esc(SECTION_TITLES.get(s, s.title()))}</a></li>')
         t = timings.get(STAGE_NOTEBOOKS.get(s, ""), timings.get(s, {}))
         when = f' <span class="muted">({fmt(t.get("seconds"), 1)} s, {esc(t.get("status", ""))})</span>' if t else ""
+        if t.get("reused_from"):  # helpers.reuse copied this stage from an earlier run
+            when += (f' <span class="muted">reused from <a href="../{esc(t["reused_from"])}/report.html">'
+                     f'{esc(t["reused_from"])}</a></span>')
         body.append(f'<section id="{esc(s)}"><h2>{esc(SECTION_TITLES.get(s, s.title()))}{when}</h2>'
                     f'{stage_html(run, s, [e for e in items if e["stage"] == s], metrics.get(s, {}), max_rows)}</section>')
     html_text = page(f"{title}: tunebook report", (
@@ -312,6 +317,7 @@ def run_summary(folder: Path) -> dict[str, Any]:
             "task": manifest.get("task") or (cfg.experiment.task if cfg else ""),
             "created": manifest.get("created", ""), "report": (folder / "report.html").is_file(),
             "failed": [k for k, v in stages.items() if v.get("status") == "failed"],
+            "sweep": manifest.get("sweep"),
             "metrics": {k: ev.get(k) for k in keys},
             "changed": changed,
             "compare": {**{f"metric: {k}": v for k, v in flatten(ev).items() if not isinstance(v, (list, dict))},
@@ -367,6 +373,10 @@ def _index_row(i: int, s: dict[str, Any]) -> str:
     name = f'<a href="{esc(s["run"])}/report.html">{esc(s["run"])}</a>' if s["report"] else esc(s["run"])
     if s["failed"]:
         name += f' <span class="bad">failed: {esc(", ".join(s["failed"]))}</span>'
+    if s.get("sweep"):  # a sweep's runs stand together (_group_sweeps), each linking the sweep page
+        t = s["sweep"]
+        name += (f'<br><small>sweep <a href="{esc(t.get("page", ""))}">{esc(t.get("id", ""))}</a> '
+                 f'#{esc(t.get("index", 0) + 1)}/{esc(t.get("variants", "?"))}</small>')
     cells = [name, esc(s["experiment"]), esc(s["task"]), esc(s["created"].replace("T", " "))]
     nums = []
     for key in ("perplexity_base", "perplexity_tuned", "perplexity_change_pct", "accuracy", "macro_f1", "macro_auc"):
@@ -381,6 +391,20 @@ def _index_row(i: int, s: dict[str, Any]) -> str:
     return f'<tr><td><input type="checkbox" class="pick" value="{i}" aria-label="compare"></td>{tds}</tr>'
 
 
+def _group_sweeps(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs in index order, a sweep's runs moved together (variant order) where its newest run stands."""
+    out, placed = [], set()
+    for s in summaries:
+        sid = (s.get("sweep") or {}).get("id")
+        if sid is None:
+            out.append(s)
+        elif sid not in placed:
+            placed.add(sid)
+            out += sorted((x for x in summaries if (x.get("sweep") or {}).get("id") == sid),
+                          key=lambda x: x["sweep"].get("index", 0))
+    return out
+
+
 def write_index(reports_dir: Path | str | None = None) -> Path:
     """Write reports/index.html: every run folder, newest first, with key metrics and links."""
     reports_dir = Path(reports_dir or paths.REPORTS)
@@ -389,6 +413,7 @@ def write_index(reports_dir: Path | str | None = None) -> Path:
                        key=lambda s: (s["created"], s["run"]), reverse=True)
     head = "<th></th>" + "".join(f'<th data-col="{k}"{" data-num=1" if num else ""} title="click to sort">{esc(t)}</th>'
                                  for k, t, num in INDEX_COLUMNS)
+    summaries = _group_sweeps(summaries)
     rows = "".join(_index_row(i, s) for i, s in enumerate(summaries))
     data = json.dumps([{"run": s["run"], "compare": s["compare"]} for s in summaries], default=str)
     data = data.replace("</", "<\\/")  # a run name or param holding </script> must not end the block
