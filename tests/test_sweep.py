@@ -128,7 +128,7 @@ def test_paired_classification_counts_the_rows_that_changed():
     wrong = [i for i in range(200) if ref_pred[i] != y[i]][:20]
     var_pred = [y[i] if i in wrong else ref_pred[i] for i in range(200)]  # 20 more right, none lost
     ref, var = prediction_rows(y, ref_pred), prediction_rows(y, var_pred)
-    d = sweep_report.paired_classification(ref, var, [r["id"] for r in ref], 500, 42)
+    d = sweep_report.paired_classification(ref, var, [r["id"] for r in ref], 200, 42)
     assert d["accuracy"]["diff"] == pytest.approx(20 / 200)
     lo, hi = d["accuracy"]["ci"]
     assert 0 < lo <= 0.1 <= hi <= 0.2  # never negative: no resample can lose a row the variant got right

@@ -203,7 +203,9 @@ def metric_figure(rows: list[dict[str, Any]], grid: dict[str, list]):
     for ax, k in zip(axes[0], keys):
         values = [r["values"][k] for r in done]
         numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in values)
-        order = sorted({json.dumps(x) for x in values}, key=lambda t: json.loads(t) if numeric else t)
+        # Numbers in value order; other values (true/false, lists) in the grid's order, the reference first.
+        order = sorted({json.dumps(x) for x in values}, key=json.loads) if numeric else \
+            list(dict.fromkeys(json.dumps(x) for x in grid[k] if json.dumps(x) in {json.dumps(v) for v in values}))
         others = [o for o in keys if o != k]
         groups: dict[str, list[dict]] = {}
         for r in done:
@@ -222,7 +224,6 @@ def metric_figure(rows: list[dict[str, Any]], grid: dict[str, list]):
         ax.set(xlabel=k, ylabel=f"{title} (95% CI)" if ax is axes[0][0] else "")
         if others and len(groups) > 1:
             ax.legend(fontsize=7)
-    fig.suptitle(f"{title} against each swept key", fontsize=11)
     fig.tight_layout()
     return fig
 
