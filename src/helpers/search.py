@@ -27,6 +27,7 @@ import shutil
 import socket
 import sys
 import time
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any
@@ -162,13 +163,21 @@ def storage(run: Run, cfg: Config) -> optuna.storages.BaseStorage | str:
     beat = cfg.search.heartbeat_seconds
     # Workers of one SQLite file wait for each other's writes instead of failing on "locked".
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=beat, grace_period=3 * beat,
-                                          heartbeat_stale_trial_callback=_say_stale)
-    except Exception as e:  # noqa: BLE001 - a driver missing, a server down, a bad URL: all the user's to fix
-        raise ConfigError(f"search.storage: cannot open {_safe_url(url)}: {type(e).__name__}: {e}\n  "
-                          f"check the URL (postgresql://user:password@host:port/database), that the server "
-                          f"is up and the database exists") from None
+    error = None
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9, and used widely
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=beat,
+                                                  grace_period=3 * beat, heartbeat_stale_trial_callback=_say_stale)
+        except Exception as e:  # noqa: BLE001 - a driver missing, a server down, a bad URL: all the user's to fix
+            # Workers that start together on an empty database race to create Optuna's
+            # tables; the loser's CREATE TABLE fails, and a second try finds them made.
+            error = e
+            time.sleep(1 + attempt)
+    raise ConfigError(f"search.storage: cannot open {_safe_url(url)}: {type(error).__name__}: {error}\n  "
+                      f"check the URL (postgresql://user:password@host:port/database), that the server "
+                      f"is up and the database exists") from None
 
 
 def sampler_seed(cfg: Config, trials_so_far: int) -> int:
@@ -298,7 +307,9 @@ def run_trials(run: Run, cfg: Config, study: optuna.Study, space: dict[str, dict
     n, ran, waiting = cfg.search.n_trials, 0, False
     while True:
         fail_dead_workers(study)
-        optuna.storages.fail_stale_trials(study)  # a worker elsewhere silent for 3 heartbeats (Optuna's own check)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # a worker elsewhere silent for 3 heartbeats (Optuna's check)
         if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
             return ran  # every grid point is taken: more trials would repeat one
         states = [t.state for t in study.get_trials(deepcopy=False)]
