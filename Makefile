@@ -62,19 +62,20 @@ PROCS ?= 2
 ACCEL ?= configs/accelerate/cpu-2proc.yaml
 STORAGE ?=
 .PHONY: tune-distributed pipeline-distributed search-worker
+# CPU processes share the cores (torchrun would give each one thread); GPUs ignore it.
+LAUNCH = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(( $$(nproc) / $(PROCS) > 1 ? $$(nproc) / $(PROCS) : 1 ))} \
+  $(BIN)/accelerate launch --config_file $(ACCEL) --num_processes $(PROCS) -m helpers.tune --record-stage --run-dir
 
 tune-distributed: $(STAMP) ## stage 04 of RUN=reports/<run> on PROCS processes by accelerate launch (ACCEL=its config)
 	@test -n "$(RUN)" || { echo "usage: make tune-distributed RUN=reports/<run> [PROCS=2] [ACCEL=configs/accelerate/cpu-2proc.yaml]" >&2; exit 2; }
-	@# CPU processes share the cores (torchrun would give each one thread); GPUs ignore it.
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(( $$(nproc) / $(PROCS) > 1 ? $$(nproc) / $(PROCS) : 1 ))} \
-	  $(BIN)/accelerate launch --config_file $(ACCEL) --num_processes $(PROCS) -m helpers.tune --run-dir $(RUN) --record-stage
+	$(LAUNCH) $(RUN)
 
 pipeline-distributed: $(STAMP) ## EXP's pipeline with stage 04 on PROCS processes: 01-03, tune-distributed, 05-06
 	@test -n "$(EXP)" || { echo "usage: make pipeline-distributed EXP=params/x.yaml [PROCS=2] [ACCEL=...] [SET=...]" >&2; exit 2; }
 	set -o pipefail; \
 	run=$$($(BIN)/python -m helpers.pipeline --params $(EXP) --stages 01,02,03 $(foreach s,$(SET),--set $(s)) \
 	  | tee /dev/stderr | sed -n 's/^run folder: //p'); \
-	$(MAKE) --no-print-directory tune-distributed RUN=$$run && $(BIN)/python -m helpers.pipeline --resume $$run
+	$(LAUNCH) $$run && $(BIN)/python -m helpers.pipeline --resume $$run
 
 search-worker: $(STAMP) ## one more worker on RUN's search study (STORAGE=postgresql://user@host/db; start several)
 	@test -n "$(RUN)" || { echo "usage: make search-worker RUN=reports/<run> [STORAGE=postgresql://user@host/db]" >&2; exit 2; }
