@@ -60,3 +60,29 @@ tensorboard: $(STAMP) ## serve the TensorBoard logs of every run under reports/
 
 clean-env: ## remove .venv and the model cache (the next target rebuilds them)
 	rm -rf $(VENV) .cache
+
+# ---- scale-out: training on several processes, more workers on one search -----------------
+# (docs/architecture.md "Scale-out"; README "Scaling out")
+RUN ?=
+PROCS ?= 2
+ACCEL ?= configs/accelerate/cpu-2proc.yaml
+STORAGE ?=
+.PHONY: tune-distributed pipeline-distributed search-worker
+# CPU processes share the cores (torchrun would give each one thread); GPUs ignore it.
+LAUNCH = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$$(( $$(nproc) / $(PROCS) > 1 ? $$(nproc) / $(PROCS) : 1 ))} \
+  $(BIN)/accelerate launch --config_file $(ACCEL) --num_processes $(PROCS) -m helpers.tune --record-stage --run-dir
+
+tune-distributed: $(STAMP) ## stage 04 of RUN=reports/<run> on PROCS processes by accelerate launch (ACCEL=its config)
+	@test -n "$(RUN)" || { echo "usage: make tune-distributed RUN=reports/<run> [PROCS=2] [ACCEL=configs/accelerate/cpu-2proc.yaml]" >&2; exit 2; }
+	$(LAUNCH) $(RUN)
+
+pipeline-distributed: $(STAMP) ## EXP's pipeline with stage 04 on PROCS processes: 01-03, tune-distributed, 05-06
+	@test -n "$(EXP)" || { echo "usage: make pipeline-distributed EXP=params/x.yaml [PROCS=2] [ACCEL=...] [SET=...]" >&2; exit 2; }
+	set -o pipefail; \
+	run=$$($(BIN)/python -m helpers.pipeline --params $(EXP) --stages 01,02,03 $(foreach s,$(SET),--set $(s)) \
+	  | tee /dev/stderr | sed -n 's/^run folder: //p'); \
+	$(LAUNCH) $$run && $(BIN)/python -m helpers.pipeline --resume $$run
+
+search-worker: $(STAMP) ## one more worker on RUN's search study (STORAGE=postgresql://user@host/db; start several)
+	@test -n "$(RUN)" || { echo "usage: make search-worker RUN=reports/<run> [STORAGE=postgresql://user@host/db]" >&2; exit 2; }
+	$(BIN)/python -m helpers.search --run-dir $(RUN) $(if $(STORAGE),--storage '$(STORAGE)')

@@ -243,6 +243,10 @@ class SearchParams(Section):
     # Several workers on one shared storage join the study of this name; None = the
     # experiment name (one study per run folder with the default sqlite storage).
     study_name: str | None = None
+    # A worker's running trial sends a heartbeat this often; one silent for 3x as long (its
+    # worker was killed, or its machine lost) is marked failed by the other workers, which
+    # then run a trial in its place. A dead worker on the same machine is noticed at once.
+    heartbeat_seconds: int = Field(30, ge=1)
 
 
 class EvaluateParams(Section):

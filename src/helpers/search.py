@@ -13,12 +13,21 @@ another Optuna storage; several workers on one RDB storage share a study (search
 Writes tables/search-trials.csv, the history and importance figures, metrics["search"],
 search-best.yaml (a full params file, no `extends`, that reruns the best trial) and, through
 apply_best, the run's config.yaml: the later stages read the settings that trained model/final.
+
+More workers on one study (make search-worker), each only running trials; stage 04 then
+finds the study full and writes the report and search-best.yaml once:
+
+    python -m helpers.search --run-dir reports/<run> [--storage postgresql://user@host/db]
 """
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import socket
+import sys
+import time
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any
@@ -29,7 +38,7 @@ from matplotlib.ticker import MaxNLocator
 from optuna.trial import TrialState
 from transformers import TrainerCallback
 
-from . import artifacts, plots, runs, tune
+from . import artifacts, data, plots, runs, tune
 from .config import Config, ConfigError, apply_overrides, to_yaml
 from .runs import Run
 
@@ -37,6 +46,7 @@ STAGE = "search"
 WORKER_ENV = "TUNEBOOK_SEARCH_WORKER"  # a worker's name in a parallel search: makes its draws repeatable
 SPEC_KEYS = {"float": {"low", "high", "log", "step"}, "int": {"low", "high", "log", "step"}, "categorical": {"choices"}}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+POLL_SECONDS = 2.0  # how often a worker with nothing to start looks at the other workers' running trials
 
 
 # ---------------------------------------------------------------- the space
@@ -136,8 +146,38 @@ def pruner(cfg: Config) -> optuna.pruners.BasePruner:
 
 
 def storage_url(run: Run, cfg: Config) -> str:
-    """search.storage, else an SQLite file in the run folder."""
-    return cfg.search.storage or f"sqlite:///{(run.dir / 'search.db').resolve()}"
+    """search.storage (postgresql:// read as psycopg 3, the driver we pin), else an SQLite file in the run folder."""
+    url = cfg.search.storage or f"sqlite:///{(run.dir / 'search.db').resolve()}"
+    for plain in ("postgresql://", "postgres://"):  # SQLAlchemy's default would be psycopg2
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url.removeprefix(plain)
+    return url
+
+
+def storage(run: Run, cfg: Config) -> optuna.storages.BaseStorage | str:
+    """The study's storage: an RDB one with heartbeats (so a killed worker's trial is failed), else the URL."""
+    url = storage_url(run, cfg)
+    if "://" not in url or url.split("://")[0].split("+")[0] not in ("sqlite", "postgresql", "mysql", "oracle",
+                                                                     "mssql"):
+        return url  # e.g. a journal storage: Optuna opens it, without heartbeats
+    beat = cfg.search.heartbeat_seconds
+    # Workers of one SQLite file wait for each other's writes instead of failing on "locked".
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    error = None
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9, and used widely
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=beat,
+                                                  grace_period=3 * beat, heartbeat_stale_trial_callback=_say_stale)
+        except Exception as e:  # noqa: BLE001 - a driver missing, a server down, a bad URL: all the user's to fix
+            # Workers that start together on an empty database race to create Optuna's
+            # tables; the loser's CREATE TABLE fails, and a second try finds them made.
+            error = e
+            time.sleep(1 + attempt)
+    raise ConfigError(f"search.storage: cannot open {_safe_url(url)}: {type(error).__name__}: {error}\n  "
+                      f"check the URL (postgresql://user:password@host:port/database), that the server "
+                      f"is up and the database exists") from None
 
 
 def sampler_seed(cfg: Config, trials_so_far: int) -> int:
@@ -164,7 +204,7 @@ def sampler_seed(cfg: Config, trials_so_far: int) -> int:
 def open_study(run: Run, cfg: Config, space: dict[str, dict[str, Any]]) -> optuna.Study:
     """Create the study, or join it when it exists (a rerun or another worker continues it)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our logs say what each trial did
-    study = optuna.create_study(storage=storage_url(run, cfg), study_name=cfg.search.study_name or cfg.experiment.name,
+    study = optuna.create_study(storage=storage(run, cfg), study_name=cfg.search.study_name or cfg.experiment.name,
                                 direction=cfg.search.direction, pruner=pruner(cfg), load_if_exists=True)
     study.sampler = sampler(cfg, space, sampler_seed(cfg, len(study.trials)))
     return study
@@ -199,6 +239,12 @@ def trial_score(history: list[dict], metric: str, direction: str) -> float:
 def objective(trial: optuna.Trial, run: Run, cfg: Config, space: dict[str, dict[str, Any]],
               train_rows: list[dict], val_rows: list[dict]) -> float:
     """Train one trial's config briefly in model/search/trial-N and return its score."""
+    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})  # fail_dead_workers reads it
+    ahead = [t for t in trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+             if t.number < trial.number]
+    if len(ahead) >= cfg.search.n_trials:
+        raise SurplusTrial(f"trial {trial.number}: {len(ahead)} trials before it already fill search.n_trials="
+                           f"{cfg.search.n_trials} (another worker started one at the same moment)")
     params = suggest(trial, space)
     trial_cfg = apply_overrides(cfg, {**params, "search.enabled": False})
     out = run.model / "search" / f"trial-{trial.number}"
@@ -213,6 +259,75 @@ def objective(trial: optuna.Trial, run: Run, cfg: Config, space: dict[str, dict[
         shutil.rmtree(out / "checkpoints", ignore_errors=True)  # trial models are not kept: disk
 
 
+def _say_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Log a trial Optuna failed for want of heartbeats (its worker killed, or its machine gone)."""
+    print(f"trial {trial.number}: no heartbeat from its worker {trial.user_attrs.get('worker')}; marked failed",
+          flush=True)
+
+
+class SurplusTrial(Exception):
+    """A trial started when the study was already full: failed at once, never trained."""
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of this machine is running (a zombie, killed but not reaped, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process holds that id: alive
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): trust os.kill
+
+
+def fail_dead_workers(study: optuna.Study) -> list[int]:
+    """Mark FAIL the running trials whose worker ran on this machine and is gone; returns their numbers."""
+    # A worker on another machine cannot be checked this way: the heartbeat covers it.
+    host, failed = socket.gethostname(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker") or {}
+        if worker.get("host") == host and worker.get("pid") != os.getpid() and not _alive(worker["pid"]):
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            print(f"trial {t.number}: its worker (process {worker['pid']}) is gone; marked failed", flush=True)
+            failed.append(t.number)
+    return failed
+
+
+def run_trials(run: Run, cfg: Config, study: optuna.Study, space: dict[str, dict[str, Any]],
+               train_rows: list[dict], val_rows: list[dict]) -> int:
+    """Run trials until the study holds search.n_trials finished ones (other workers' count); returns this one's."""
+    # Optuna's MaxTrialsCallback counts finished trials only, after a trial: two workers that
+    # each see n-1 both start one (n+1 trials), and a worker stops while another's last trial
+    # may yet fail. So: start a trial only while finished + running < n, wait while other
+    # workers' running trials could fill the study, and start again if one of them fails.
+    n, ran, waiting = cfg.search.n_trials, 0, False
+    while True:
+        fail_dead_workers(study)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # a worker elsewhere silent for 3 heartbeats (Optuna's check)
+        if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
+            return ran  # every grid point is taken: more trials would repeat one
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        finished, running = sum(s in FINISHED for s in states), states.count(TrialState.RUNNING)
+        if finished >= n:
+            return ran
+        if finished + running >= n:
+            if not waiting:
+                print(f"{finished} of {n} trials finished, {running} running in other workers: waiting", flush=True)
+            waiting = True
+            time.sleep(POLL_SECONDS)
+            continue
+        waiting = False
+        study.optimize(lambda trial: objective(trial, run, cfg, space, train_rows, val_rows), n_trials=1,
+                       catch=(SurplusTrial,), gc_after_trial=True)
+        ran += 1
+
+
 def run_search(run: Run, cfg: Config) -> optuna.Study:
     """Run (or continue) the study to search.n_trials finished trials, then write its report."""
     space = parse_space(cfg)
@@ -221,13 +336,18 @@ def run_search(run: Run, cfg: Config) -> optuna.Study:
         raise ConfigError("search: trials are scored on validation rows, and this run has none "
                           "(data.split.validation is 0)")
     study = open_study(run, cfg, space)
-    remaining = cfg.search.n_trials - sum(t.state in FINISHED for t in study.trials)
-    if remaining > 0:
-        # MaxTrialsCallback: with several workers on one storage, the total stops at n_trials.
-        study.optimize(lambda trial: objective(trial, run, cfg, space, train_rows, val_rows), n_trials=remaining,
-                       callbacks=[optuna.study.MaxTrialsCallback(cfg.search.n_trials, states=FINISHED)],
-                       gc_after_trial=True)
-    report(run, cfg, study)
+    if tune.world_size() > 1:
+        remaining = cfg.search.n_trials - sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+        if remaining > 0:
+            raise ConfigError(
+                f"search: {remaining} of search.n_trials={cfg.search.n_trials} trials are still to run, and under "
+                f"accelerate launch every process would start trials of its own. Run them first, in one "
+                f"process or several workers (make search-worker RUN={run.dir}), then launch again: the "
+                f"processes read the finished study and train its best settings")
+    else:
+        run_trials(run, cfg, study, space, train_rows, val_rows)
+    if tune.is_main_process():  # under accelerate launch, one process writes
+        report(run, cfg, study)
     return study
 
 
@@ -351,3 +471,45 @@ def apply_best(run: Run, cfg: Config, study: optuna.Study) -> Config:
         # run's experiment name, so a rerun with --search joins this study rather than a new one.
         runs.write_text(run.config_file, to_yaml(best))
     return best
+
+
+# ---------------------------------------------------------------- command line
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m helpers.search --run-dir DIR [--storage URL] [--set key=value ...]`: one more worker."""
+    parser = argparse.ArgumentParser(prog="python -m helpers.search", description=(
+        "Run trials of a run's search study until it holds search.n_trials finished ones, then exit. Start "
+        "several (on several machines, with a shared storage); stage 04 of the run then writes the report "
+        "and search-best.yaml once, and trains the best settings."))
+    parser.add_argument("--run-dir", required=True, help="run folder with stages 01-03 done (reports/<run>)")
+    parser.add_argument("--storage", help="Optuna storage URL shared by the workers, e.g. postgresql://user@host/db "
+                                          "(default: search.storage of the run, else its search.db)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a params key for this worker, e.g. --set search.n_trials=16 (repeatable)")
+    args = parser.parse_args(argv)
+    # A worker's draws mix in its name, so workers started together do not draw the same trials.
+    worker = os.environ.setdefault(WORKER_ENV, f"{socket.gethostname()}:{os.getpid()}")
+    try:
+        run, cfg = runs.open_run(args.run_dir)
+        cfg = apply_overrides(cfg, args.set)
+        if args.storage:
+            cfg = apply_overrides(cfg, {"search.storage": args.storage})
+        space = parse_space(cfg)
+        train_rows, val_rows = tune.load_splits(run)
+        if not val_rows:
+            raise ConfigError("search: trials are scored on validation rows, and this run has none")
+        study = open_study(run, cfg, space)
+        ran = run_trials(run, cfg, study, space, train_rows, val_rows)
+    except (ConfigError, data.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    print(f"worker {worker}: ran {ran} trial(s); study {study.study_name!r} in {_safe_url(storage_url(run, cfg))} "
+          f"holds {sum(s in FINISHED for s in states)} finished of search.n_trials={cfg.search.n_trials} "
+          f"({states.count(TrialState.FAIL)} failed). Stage 04 of {run.dir} writes search-best.yaml and trains "
+          f"the best settings.", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,7 +6,12 @@ and metrics["tune"]. The Trainer does the loop; PEFT the adapters. Cross-validat
 helpers.crossval, the search in helpers.search. Also a command:
 
     python -m helpers.tune --run-dir reports/<run> [--set tune.max_steps=20 ...] [--search]
-    accelerate launch -m helpers.tune --run-dir reports/<run>     # several GPUs (DDP)
+    accelerate launch --config_file configs/accelerate/cpu-2proc.yaml -m helpers.tune --run-dir reports/<run>
+
+Under accelerate launch (make tune-distributed) tune.batch_size stays the global batch: each
+of the N processes trains on batch_size / N of the same examples one process would take
+(accelerate's split_batches), gradients are averaged (DDP), and the main process alone writes
+the run's files.
 
 Rerunning on the same run folder continues from the last checkpoint in model/checkpoints.
 """
@@ -55,6 +60,7 @@ HEAD_NAMES = ("classifier", "score")  # classification heads: new, so always ful
 # "constant" would ignore it); "step" is built by TuneTrainer.create_scheduler.
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup", "step": "constant"}
 STAGE = "tune"
+NOTEBOOK = "04-tune-model"  # this stage's name in manifest.json (helpers.pipeline.NOTEBOOKS; a test keeps them equal)
 
 
 # ---------------------------------------------------------------- config
@@ -236,7 +242,11 @@ class TuneTrainer(Trainer):
                 and "position_ids" in inputs:
             return self._packed_loss(model, inputs, return_outputs, num_items_in_batch)
         if self.weights is None:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if not model.training and labels is not None and labels.dim() == 2:  # padded chat: the mean of
+                tokens = int((labels[:, 1:] != chat.IGNORE).sum())  # the batch's shifted loss tokens
+                self._add_eval_sums((out[0] if return_outputs else out).detach().double() * tokens, tokens)
+            return out
         outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
         loss = F.cross_entropy(outputs.logits.float(), inputs["labels"],
                                weight=self.weights.to(outputs.logits.device))
@@ -255,10 +265,55 @@ class TuneTrainer(Trainer):
         outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=keep)
         logits = outputs.logits[0].float()  # (K, V)
         loss = F.cross_entropy(logits, labels[0, keep + 1], reduction="sum")
+        if not model.training:
+            self._add_eval_sums(loss.detach().double(), len(keep))
         loss = loss / (num_items_in_batch if num_items_in_batch is not None else max(len(keep), 1))
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss: DDP averages it back
         return (loss, outputs) if return_outputs else loss
+
+    # ---- validation loss: summed over the split's loss tokens, so batching does not matter
+    # The Trainer averages per-batch means, which weighs a token by its batch's size and, with
+    # several processes, by the rows accelerate repeats to even out the last batches (7% off
+    # at step 0 of the smoke run). For chat (prediction_loss_only) we add up each process's
+    # token losses and counts instead: the same figure for any batch size and process count.
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        exact = self.args.prediction_loss_only
+        self._eval_sums = torch.zeros(2, dtype=torch.float64) if exact else None  # (summed NLL, loss tokens)
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if exact:
+            sums = self._eval_sums.to(self.accelerator.device)
+            if self.accelerator.num_processes > 1:
+                sums = self.accelerator.reduce(sums, "sum")
+            output.metrics[f"{metric_key_prefix}_loss"] = float(sums[0] / sums[1]) if sums[1] else float("nan")
+        self._eval_sums = None
+        return output
+
+    def _add_eval_sums(self, nll_sum, tokens) -> None:
+        """Add a validation batch's summed token loss and its count (chat evaluation only)."""
+        if getattr(self, "_eval_sums", None) is not None:
+            self._eval_sums += torch.tensor([float(nll_sum), float(tokens)], dtype=torch.float64)
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        if self.accelerator.num_processes == 1:
+            return super().get_eval_dataloader(eval_dataset)
+        if self.args.prediction_loss_only:
+            # Each process scores its own rows, each row once (accelerate's loader would repeat
+            # some), in as many batches as every other process: the steps stay in lockstep.
+            dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+            batches = eval_shard(len(dataset), self.args.per_device_eval_batch_size,
+                                 self.accelerator.num_processes, self.accelerator.process_index)
+            return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=self.data_collator)
+        # Classification (predictions gathered for accuracy / F1): accelerate's loader, whole
+        # batches per process as one process has them (not split like the training batches).
+        config = self.accelerator.dataloader_config
+        split, config.split_batches = config.split_batches, False
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            config.split_batches = split
 
     def _count(self, inputs) -> None:
         mask = inputs.get("attention_mask")  # packed batches have none: every token is real
@@ -278,6 +333,19 @@ class TuneTrainer(Trainer):
         return self.lr_scheduler
 
 
+def eval_shard(n_rows: int, batch_size: int, processes: int, rank: int) -> list[list[int]]:
+    """One process's validation batches: a contiguous 1/N of the rows, in as many batches as every process."""
+    if n_rows < processes:
+        raise data.DataError(f"the validation split has {n_rows} row(s), fewer than the {processes} training "
+                             f"processes; launch fewer processes or give data.split.validation more rows")
+    rows = list(range(rank * n_rows // processes, (rank + 1) * n_rows // processes))
+    # The same count for all (the largest share's), each batch at most batch_size rows; with
+    # batch_size >= 2 (it is 2 x tune.batch_size) no process is left with an empty batch.
+    largest = -(-n_rows // processes)  # ceiling divisions
+    k = -(-largest // batch_size)
+    return [rows[i * len(rows) // k:(i + 1) * len(rows) // k] for i in range(k)]
+
+
 def _step_factor(step: int, warmup: int, size: int, gamma: float) -> float:
     """StepLR after a linear warmup from 0 (as transformers' schedules): the LR factor at an optimizer step."""
     if step < warmup:
@@ -290,10 +358,19 @@ def training_args(cfg: Config, output_dir: Path, has_validation: bool, resuming:
     """TrainingArguments from the tune section (every knob from params)."""
     t, chat_task = cfg.tune, cfg.experiment.task == "chat"
     mixed = precision(cfg)
+    processes = check_processes(cfg)
     return TrainingArguments(
         output_dir=str(output_dir / "checkpoints"),
+        # tune.batch_size is the global batch. With several processes, split_batches hands
+        # each its 1/N share of the very batch one process would take (so the examples per
+        # step, and the sampler's order, do not depend on N); "per device" is then per step.
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size * 2,  # no gradients to keep: twice fits
+        accelerator_config={"split_batches": processes > 1},
+        # Every weight that trains (adapters, head, unfrozen layers) gets a gradient at every
+        # step, so DDP need not search the graph for unused ones; the Trainer would turn that
+        # search on for PEFT models (not a PreTrainedModel), costing a graph walk per step.
+        ddp_find_unused_parameters=False,
         gradient_accumulation_steps=t.grad_accum,
         num_train_epochs=t.epochs, max_steps=t.max_steps,
         learning_rate=t.learning_rate, weight_decay=t.weight_decay,
@@ -313,6 +390,22 @@ def training_args(cfg: Config, output_dir: Path, has_validation: bool, resuming:
         report_to="none",  # TensorBoard is added as a callback with its folder (no logging_dir in v5)
         disable_tqdm=True,  # papermill records every bar update; the printed logs say the same
         dataloader_pin_memory=torch.cuda.is_available())
+
+
+def world_size() -> int:
+    """Processes training together: WORLD_SIZE under accelerate launch / torchrun, else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_processes(cfg: Config) -> int:
+    """The number of processes, checked against the global batch it must split evenly."""
+    n = world_size()
+    if cfg.tune.batch_size % n:
+        fits = [b for b in (cfg.tune.batch_size - cfg.tune.batch_size % n, cfg.tune.batch_size // n * n + n) if b]
+        raise ConfigError(f"tune.batch_size: {cfg.tune.batch_size} is the global batch and must split evenly over "
+                          f"the {n} training processes; use {' or '.join(map(str, fits))}, or launch "
+                          f"a number of processes that divides it")
+    return n
 
 
 def packs(cfg: Config, model_type: str) -> bool:
@@ -449,6 +542,8 @@ def fit(cfg: Config, train_rows: list[dict], val_rows: list[dict], output_dir: P
     """Train on train_rows, evaluate on val_rows, checkpoint into output_dir; continue from its last checkpoint."""
     runs.seed_everything(cfg.experiment.seed)  # the same start however the caller got here
     t, classify = cfg.tune, cfg.experiment.task == "classification"
+    check_processes(cfg)  # before any model loads
+    main = is_main_process()  # under accelerate launch only it writes logs and samples
     tokenizer = models.load_tokenizer(cfg)
     labels = labels_for(cfg, train_rows) if classify else None
     train_ds, val_ds = encode_splits(cfg, tokenizer, train_rows, val_rows, labels)
@@ -459,12 +554,14 @@ def fit(cfg: Config, train_rows: list[dict], val_rows: list[dict], output_dir: P
     step0 = checkpoint_step(checkpoint)
 
     timer = StepTimer()
-    # purge_step: TensorBoard drops what the interrupted process logged after the checkpoint.
-    writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=step0 + 1 if checkpoint else None)
-    cbs = [timer, TensorBoardCallback(writer)]
+    cbs = [timer]
+    if main:
+        # purge_step: TensorBoard drops what the interrupted process logged after the checkpoint.
+        writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=step0 + 1 if checkpoint else None)
+        cbs.append(TensorBoardCallback(writer))
     if has_val and t.early_stopping_patience:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
-    if samples is not None and not classify and has_val and t.sample_prompts:
+    if samples is not None and not classify and has_val and t.sample_prompts and main:
         _trim_samples(samples, step0)
         cbs.append(SampleCallback(tokenizer, val_rows[: t.sample_prompts], samples, t.sample_max_new_tokens))
 
@@ -478,6 +575,9 @@ def fit(cfg: Config, train_rows: list[dict], val_rows: list[dict], output_dir: P
         callbacks=cbs + list(callbacks or []), weights=loss_weights(cfg, train_rows, labels),
         step_schedule=(t.step_size, t.step_gamma) if t.scheduler == "step" else None)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if trainer.accelerator.num_processes > 1:  # the throughput counts every process's tokens
+        counts = torch.tensor([trainer.tokens_seen, trainer.loss_tokens_seen], device=trainer.accelerator.device)
+        trainer.tokens_seen, trainer.loss_tokens_seen = (int(c) for c in trainer.accelerator.reduce(counts, "sum"))
     return Fitted(trainer, tokenizer, step0, trainer.state.max_steps, timer.seconds)
 
 
@@ -534,6 +634,8 @@ def summarize(fitted: Fitted) -> dict[str, Any]:
         "lora_targets": lora_targets(tr.model),
         "precision": "bf16" if tr.args.bf16 else "fp16" if tr.args.fp16 else "fp32",
         "packed": isinstance(tr.data_collator, DataCollatorWithFlattening),
+        "processes": tr.accelerator.num_processes,  # > 1: accelerate launch; throughput is all of them together
+        "examples_per_step": tr.args.per_device_train_batch_size * tr.args.gradient_accumulation_steps,
     }
 
 
@@ -596,19 +698,28 @@ def is_main_process() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m helpers.tune --run-dir DIR [--set key=value ...] [--search]`."""
+    """`python -m helpers.tune --run-dir DIR [--set key=value ...] [--search] [--record-stage]`."""
     parser = argparse.ArgumentParser(prog="python -m helpers.tune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", required=True, help="run folder made by stage 01 (reports/<run>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a params key for this run, e.g. --set tune.max_steps=20 (repeatable)")
     parser.add_argument("--search", action="store_true", help="run the Optuna search first (as search.enabled)")
+    parser.add_argument("--record-stage", action="store_true",
+                        help=f"record this as the run's stage {NOTEBOOK} in manifest.json, so that "
+                             f"`python -m helpers.pipeline --resume RUN` goes on with stage 05 (make tune-distributed)")
     args = parser.parse_args(argv)
+    started, record = time.perf_counter(), args.record_stage and is_main_process()
     try:
         run, cfg = runs.open_run(args.run_dir)
+        if record:
+            runs.record_stage(run, NOTEBOOK, status="running", processes=world_size())
         if args.set:
             cfg = apply_overrides(cfg, args.set)
-            if is_main_process():
+            if is_main_process():  # atomic: the other processes may be reading it right now
                 runs.write_text(run.config_file, to_yaml(cfg))  # config.yaml says what ran
+        if cfg.tune.cv_folds and world_size() > 1:
+            raise ConfigError("tune.cv_folds: cross-validation trains its folds in one process; run this stage "
+                              "without accelerate launch, or set tune.cv_folds to 0")
         if args.search or cfg.search.enabled:
             from . import search  # here: search imports tune
 
@@ -618,9 +729,16 @@ def main(argv: list[str] | None = None) -> int:
             from . import crossval  # here: crossval imports tune
 
             metrics["cv"] = crossval.cross_validate(run, cfg)
-    except (ConfigError, data.DataError, chat.ChatTemplateError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except BaseException as e:
+        if record and "run" in locals():
+            runs.record_stage(run, NOTEBOOK, status="failed", seconds=round(time.perf_counter() - started, 1),
+                              error=f"{type(e).__name__}: {e}")
+        if isinstance(e, (ConfigError, data.DataError, chat.ChatTemplateError)):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+    if record:
+        runs.record_stage(run, NOTEBOOK, status="ok", seconds=round(time.perf_counter() - started, 1), error="")
     if metrics:
         print(json.dumps({k: v for k, v in metrics.items() if k != "cv"}, indent=2, default=str))
     return 0
