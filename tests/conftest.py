@@ -35,10 +35,13 @@ SMOKE_TUNE = ["tune.max_steps=2", "tune.eval_steps=2", "tune.save_steps=2"]  # a
 
 @pytest.fixture(scope="session")
 def smoke_chat_run(tmp_path_factory) -> Path:
-    """A run folder of params/smoke.yaml through stages 01-04 (model/final/ saved), in a temp reports folder."""
+    """A run folder of params/smoke.yaml through stages 01-04 (model/final/ saved), in a temp reports folder.
+    TUNEBOOK_TEST_CHAT_RUN=reports/<run> reuses a finished chat run instead (quicker while developing)."""
     import subprocess
     import sys
 
+    if os.environ.get("TUNEBOOK_TEST_CHAT_RUN"):
+        return Path(os.environ["TUNEBOOK_TEST_CHAT_RUN"])
     reports = tmp_path_factory.mktemp("smoke-reports")
     cmd = [sys.executable, "-m", "helpers.pipeline", "--params", "params/smoke.yaml", "--stages", "01,02,03,04"]
     for s in SMOKE_TUNE:

@@ -80,16 +80,17 @@ def check_chat_request(body: Any) -> str | None:
     return None
 
 
-def openai_error(status: int, message: str):
-    """A JSON error response shaped like OpenAI's, so clients raise their usual exception."""
+def openai_error(status: int, message: str, code: str | None = None):
+    """A JSON error response shaped like OpenAI's, so clients raise their usual exception with our message."""
     from fastapi.responses import JSONResponse
 
     return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                   "code": None}}, status_code=status)
+                                   "code": code}}, status_code=status)
 
 
-def with_request_checks(build_server):
-    """transformers serve's app factory, wrapped: malformed chat requests get a 400 before its handler."""
+def with_request_checks(build_server, served: str):
+    """transformers serve's app factory, wrapped: a malformed chat request gets a 400, and one for another
+    model a 404 (OpenAI's model_not_found), before its handler sees them."""
 
     def build(*args, **kwargs):
         app = build_server(*args, **kwargs)
@@ -104,6 +105,9 @@ def with_request_checks(build_server):
                 problem = check_chat_request(body)
                 if problem:
                     return openai_error(400, problem)
+                if body.get("model") not in (None, served):
+                    return openai_error(404, f"model {body['model']!r} is not served here; this server serves "
+                                             f"{served!r} (GET /v1/models)", code="model_not_found")
             return await call_next(request)
 
         return app
@@ -150,7 +154,7 @@ def serve_transformers(name: str, folder: str | Path, host: str, port: int, cont
     # Serve imports its ModelManager and app factory from these module attributes when it starts;
     # this process runs nothing else, so we point them at ours for the process's lifetime.
     model_manager.ModelManager = run_model_manager(name, folder)
-    server.build_server = with_request_checks(server.build_server)
+    server.build_server = with_request_checks(server.build_server, name)
     return serve_cli.Serve(force_model=name, host=host, port=port, device="cpu" if not _cuda() else "auto",
                            continuous_batching=continuous_batching, log_level=log_level)
 
@@ -229,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", action="store_true", help="serve the run's base model (as <run>+base) instead")
     p.add_argument("--engine", choices=ENGINES, default="auto", help="auto: vLLM on a CUDA GPU with vllm installed")
     p.add_argument("--continuous-batching", action="store_true",
-                   help="transformers serve: batch concurrent requests (paged attention) instead of one at a time")
+                   help="transformers serve: batch concurrent requests (paged attention) instead of one at a time; "
+                        "for GPUs (on our CPU machine the server process died at the first request)")
     p.add_argument("--log-level", default="warning")
     a = p.parse_args(argv)
     try:
