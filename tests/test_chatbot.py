@@ -82,3 +82,38 @@ def test_terminal_chat_ends_cleanly_at_end_of_input(smoke_chat_run):
                            "--max-new-tokens", "4"], input="", capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and f"Chatting with {smoke_chat_run.name}+base" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_bot():
+    """A random one-layer Llama with SmolLM2's tokenizer and template: real shapes, milliseconds per token."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from helpers import models
+
+    tok = models.load_tokenizer(load_config())
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
+                      bos_token_id=1, eos_token_id=None, pad_token_id=tok.pad_token_id)
+    return chatbot.Bot("tiny", LlamaForCausalLM(cfg).eval(), tok, "Be brief.")
+
+
+def test_streamed_pieces_join_to_the_whole_greedy_reply(tiny_bot):
+    messages = chatbot.new_conversation(tiny_bot) + [{"role": "user", "content": "hello"}]
+    pieces = list(chatbot.stream_reply(tiny_bot, messages, 20))
+    assert len(pieces) > 1 and "".join(pieces) == chatbot.reply(tiny_bot, messages, 20)
+
+
+def test_closing_the_stream_stops_generation(tiny_bot):
+    steps = []
+    hook = tiny_bot.model.register_forward_hook(lambda *args: steps.append(1))
+    try:
+        stream = chatbot.stream_reply(tiny_bot, [{"role": "user", "content": "hello"}], 4000)  # no end-of-turn
+        next(stream)
+        stream.close()  # returns once the generating thread has ended
+        stopped_at = len(steps)
+    finally:
+        hook.remove()
+    assert 1 <= stopped_at < 200  # far from the 4000 tokens it was allowed

@@ -107,18 +107,25 @@ def generation_kwargs(bot: Bot, max_new_tokens: int) -> dict[str, Any]:
 
 
 def stream_reply(bot: Bot, messages: list[dict], max_new_tokens: int = 256) -> Iterator[str]:
-    """The model's answer to the conversation, yielded piece by piece as it is generated."""
+    """The model's answer to the conversation, yielded piece by piece as it is generated. Closing
+    the iterator early (Ctrl-C in the terminal, Stop on the page) stops the generation too."""
     import torch
-    from transformers import TextIteratorStreamer
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
     streamer = TextIteratorStreamer(bot.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    ids = prompt_ids(bot, messages)
+    ids = prompt_ids(bot, messages)  # (1, T)
+    stop = threading.Event()
     failure: list[BaseException] = []
+
+    class Stopped(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
 
     def generate() -> None:
         try:
             with torch.inference_mode():
                 bot.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
+                                   stopping_criteria=StoppingCriteriaList([Stopped()]),
                                    **generation_kwargs(bot, max_new_tokens))
         except BaseException as e:  # re-raised in the caller's thread below
             failure.append(e)
@@ -126,8 +133,11 @@ def stream_reply(bot: Bot, messages: list[dict], max_new_tokens: int = 256) -> I
 
     worker = threading.Thread(target=generate, daemon=True)
     worker.start()
-    yield from streamer
-    worker.join()
+    try:
+        yield from streamer
+    finally:
+        stop.set()
+        worker.join()
     if failure:
         raise failure[0]
 
