@@ -14,7 +14,9 @@ the model by its path (`/abs/path/model/final@main` in every answer), its `/v1/m
 Hugging Face cache instead of listing what it serves, and a request without `messages` or with a
 wrongly typed field crashes its handler into a 500. We keep its app, handlers and generation, give
 its ModelManager our name for the folder (RunModelManager) and check each chat request's shape
-first, answering a malformed one with a 400 in OpenAI's error format (check_chat_request).
+first, answering a malformed one with a 400 in OpenAI's error format (check_chat_request), and
+one for another model with OpenAI's 404 `model_not_found` (the bare server says 400 "pinned").
+The vLLM path is one command line (vllm_command), untested here: the project's machines have no GPU.
 """
 from __future__ import annotations
 
@@ -131,7 +133,8 @@ def run_model_manager(name: str, folder: str | Path):
         def _folder(self, model_id: str) -> str:
             if model_id != name:  # unreachable through the API: the forced model answers every request
                 raise ValueError(f"this server serves {name!r} only, not {model_id!r}")
-            return f"{Path(folder).resolve()}@main"  # the revision part is ignored for a local folder
+            local = Path(folder)  # a hub id (a base model from the HF cache) stays as it is
+            return f"{local.resolve() if local.exists() else folder}@main"  # @main is ignored for a local folder
 
         def _load_processor(self, model_id_and_revision, gguf_file=None):
             return super()._load_processor(self._folder(model_id_and_revision), gguf_file=gguf_file)
