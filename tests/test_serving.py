@@ -134,3 +134,20 @@ def test_malformed_requests_get_4xx_and_the_server_keeps_serving(client, server,
     assert r.status_code == 422  # transformers serve's own check of unknown fields
     ok = client.chat.completions.create(model=smoke_chat_run.name, messages=conversation(bot, "hi"), max_tokens=2)
     assert ok.choices[0].message.content
+
+
+def test_serving_bench_sends_each_prompt_up_to_its_last_answer_and_tabulates():
+    from helpers import servebench
+
+    row = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q1"},
+                        {"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"},
+                        {"role": "assistant", "content": "a2"}]}
+    assert servebench.prompts_as_messages([row]) == [row["messages"][:4]]
+    assert servebench.percentile([1, 2, 3, 4], 50) == 2.5 and servebench.percentile([1, 2, 3, 4], 95) == pytest.approx(3.85)
+    level = {"clients": 4, "requests": 8, "seconds": 4.0, "requests_per_s": 2.0, "p50_s": 1.5, "p95_s": 2.25,
+             "tokens": 80, "tokens_per_s": 20.0}
+    result = {"engine": "transformers serve", "server": [level], "in_process": {**level, "clients": 16},
+              "max_new_tokens": 32, "prompts": 8}
+    table = servebench.markdown(result).splitlines()
+    assert table[2] == "| transformers serve | 4 | 2.00 | 1.50 | 2.25 | 20.0 |"
+    assert table[3] == "| in-process generate, batches of 16 | - | 2.00 | 1.50 | 2.25 | 20.0 |"
