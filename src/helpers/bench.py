@@ -1,6 +1,7 @@
 """Benchmark: our training and evaluation paths against the usual recipes, on the same work.
 
     python -m helpers.bench [--steps 30] [--batch-size 8] [--max-length 128] [--model NAME] [--out bench/]
+                            [--serving yes|no|only]
 
 Three training paths, each in its own process (so peak memory is its own), on the same data,
 model, LoRA configuration, sequence cap, learning rate, seed and number of optimizer steps:
@@ -13,7 +14,9 @@ loop (timed by the same Trainer callback in every path) for all real tokens and 
 (loss-carrying) tokens (the same counts for every path: same examples, same steps), peak resident
 memory, and the validation loss after training, measured the same way for all three (mean
 assistant-token cross-entropy on held-out chats). Then evaluation: batched perplexity and
-batched KV-cache generation against the same code one example at a time. Writes
+batched KV-cache generation against the same code one example at a time. Then serving
+(helpers.servebench): the base model behind `transformers serve` under 1, 4 and 16 concurrent
+clients beside in-process batched generate (`--serving only` runs just that table). Writes
 bench/<timestamp>/results.json and results.md; the last line printed is the speed-up.
 """
 from __future__ import annotations
@@ -221,6 +224,15 @@ def cached_load_seconds(spec: dict) -> dict[str, float]:
     return {"first_s": times[0], "seconds": times[1]}
 
 
+def serving_bench(spec: dict) -> dict[str, Any]:
+    """The serving table on the bench's base model (helpers.servebench)."""
+    from . import models, servebench
+
+    folder = models.resolve(models.model_name(bench_config(spec)))
+    _, val = bench_rows(spec)
+    return servebench.run(folder, val[: spec["serve_prompts"]], spec["max_new_tokens"], spec["eval_batch_size"])
+
+
 # ---------------------------------------------------------------- driver
 
 def run_in_subprocess(mode: str, spec: dict) -> dict[str, Any]:
@@ -233,7 +245,12 @@ def run_in_subprocess(mode: str, spec: dict) -> dict[str, Any]:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    """The results as a markdown table, the way the README shows them."""
+    """The results as markdown tables, the way the README shows them."""
+    from . import servebench
+
+    if "eval" not in results:  # --serving only
+        return "\n".join([servebench.markdown(results["serving"]), "", f"Machine: {results['machine']}. "
+                                                                          f"Spec: {json.dumps(results['spec'])}"])
     rows = ["| path | wall s | train loop s | tokens/s | loss tokens/s | peak RSS GiB | val loss |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results["train"]:
@@ -249,6 +266,8 @@ def markdown(results: dict[str, Any]) -> str:
                  f"Cached base-model load: {results['cached_load']['seconds']:.2f} s "
                  f"({results['cached_load']['first_s']:.2f} s for the first load in a fresh process, model code imports included).",
              f"Machine: {results['machine']}. Spec: {json.dumps(results['spec'])}"]
+    if results.get("serving"):
+        rows += ["", servebench.markdown(results["serving"])]
     return "\n".join(rows)
 
 
@@ -272,20 +291,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paths", default=",".join(PATHS), help="which training paths to time")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", default=str(paths.ROOT / "bench"))
+    p.add_argument("--serving", choices=["yes", "no", "only"], default="yes",
+                   help="the serving table (a transformers serve server on 127.0.0.1 under 1/4/16 clients)")
+    p.add_argument("--serve-prompts", type=int, default=16, help="requests per load level in the serving table")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
         spec = json.loads(a.spec)
-        result = {"eval": eval_bench, "load": cached_load_seconds}.get(
+        result = {"eval": eval_bench, "load": cached_load_seconds, "serving": serving_bench}.get(
             a.worker, lambda s: worker(a.worker, s))(spec)
         print(json.dumps(result))
         return 0
     spec = {"steps": a.steps, "batch_size": a.batch_size, "max_length": a.max_length, "lr": a.lr, "model": a.model,
             "seed": a.seed, "r": 8, "alpha": 16, "val_examples": 64, "gen_examples": 16, "eval_batch_size": 16,
-            "max_new_tokens": 32}
+            "max_new_tokens": 32, "serve_prompts": a.serve_prompts}
     out = Path(a.out) / datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True)
+    machine = f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} CPUs, {_gpu()}"
+    if a.serving == "only":
+        return serving_only(spec, machine, out)
     train = []
     for path in a.paths.split(","):
         print(f"training path {path} ...", flush=True)
@@ -293,10 +318,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {train[-1]['seconds']:.1f} s, {train[-1]['tokens_per_s']:.0f} tokens/s, "
               f"val loss {train[-1]['val_loss']:.4f}", flush=True)
     print("evaluation ...", flush=True)
-    results = {"spec": spec, "machine": f"{platform.processor() or platform.machine()}, "
-                                        f"{__import__('os').cpu_count()} CPUs, {_gpu()}",
-               "train": train, "eval": run_in_subprocess("eval", spec),
+    results = {"spec": spec, "machine": machine, "train": train, "eval": run_in_subprocess("eval", spec),
                "cached_load": run_in_subprocess("load", spec)}
+    if a.serving == "yes":
+        print("serving ...", flush=True)
+        results["serving"] = run_in_subprocess("serving", spec)
     results["summary"] = summary(train) if len(train) > 1 else {}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown(results) + "\n")
@@ -305,6 +331,20 @@ def main(argv: list[str] | None = None) -> int:
     s = results["summary"] or {"best_reference": "-", "train_speedup": float("nan")}
     print(f"speed-up over the best reference ({s['best_reference']}): {s['train_speedup']:.2f}x training, "
           f"{results['eval']['speedup']:.2f}x evaluation")
+    return 0
+
+
+def serving_only(spec: dict, machine: str, out: Path) -> int:
+    """`--serving only`: the serving table alone, written and printed like the full bench."""
+    from . import servebench
+
+    print("serving ...", flush=True)
+    results = {"spec": spec, "machine": machine, "serving": run_in_subprocess("serving", spec)}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(markdown(results) + "\n")
+    print(markdown(results))
+    print(f"written: {out}/results.md")
+    print(servebench.summary(results["serving"]))
     return 0
 
 
