@@ -218,6 +218,15 @@ SPLIT_CASES = [
 ]
 
 
+def test_three_chats_stop_instead_of_splitting_one_one_one():
+    chats = [{"id": f"c{i}", "source": f"f.jsonl:{i}", "messages": [
+        {"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        for i, (q, a) in enumerate([("hi there", "hello!"), ("what is the time", "noon"), ("bye now", "see you")])]
+    cfg = config.load_config(None, {"experiment.task": "chat", "clean.group_threshold": None})
+    with pytest.raises(DataError, match=r"only 3 rows .* fewer than clean.min_rows \(10\): splits of 1 / 1 / 1"):
+        clean.split_rows(chats, cfg)
+
+
 @pytest.mark.parametrize("name, pairs, over, error", SPLIT_CASES, ids=[c[0] for c in SPLIT_CASES])
 def test_split_stops_with_a_clear_error(name, pairs, over, error):
     cfg = config.load_config(None, {"experiment.task": "classification", **over})

@@ -493,6 +493,11 @@ def split_rows(rows: list[dict], cfg: Config, groups: list[int] | None = None) -
     train, val, _ = cut(rest, counts["validation"], rest_labels)
     if strata is not None:
         _check_train_labels({rows[i]["label"] for g in train for i in members[g]}, rows, cfg)
+    if len(rows) < cfg.clean.min_rows:
+        raise DataError(f"only {len(rows)} rows are left after cleaning, fewer than clean.min_rows "
+                        f"({cfg.clean.min_rows}): splits of {counts['train']} / {counts['validation']} / "
+                        f"{counts['test']} rows can neither train nor measure a model. Add data, or relax the "
+                        f"cleaning rules (the rows dropped so far are listed above)")
     # Rows keep their input order inside each split: easier to read and to diff between runs.
     return {name: [rows[i] for g in sorted(part) for i in members[g]]
             for name, part in (("train", train), ("validation", val), ("test", test))}

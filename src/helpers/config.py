@@ -121,6 +121,9 @@ class CleanParams(Section):
     # Rows at least this similar are kept in the same split, so validation/test never hold
     # a near copy of a training row (that would inflate scores); None = plain row split.
     group_threshold: float | None = Field(0.6, gt=0.0, le=1.0)
+    # Fewer kept rows than this stop the run in 02: 3 rows split 1 / 1 / 1 train on one example
+    # and "measure" on one, which looks like a result and is none. 10 is the floor, not a goal.
+    min_rows: int = Field(10, ge=3)
     # Drop rows beyond Q3 + k * IQR tokens; None = keep them (long but valid examples are
     # worth learning, and max_tokens already stops truncation). 01 shows what 1.5 would drop.
     outlier_iqr_k: float | None = Field(None, gt=0.0)
