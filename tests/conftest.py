@@ -26,3 +26,28 @@ def reports(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "reports"
     monkeypatch.setattr(paths, "REPORTS", folder)
     return folder
+
+
+def _smoke_run(params: str, tmp_path_factory) -> Path:
+    """Stages 01-04 of a smoke profile in a private reports folder: a real tuned model to use."""
+    from helpers import paths, pipeline
+
+    reports = tmp_path_factory.mktemp("smoke-reports")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNEBOOK_REPORTS", str(reports))  # the kernels read it
+        mp.setattr(paths, "REPORTS", reports)
+        assert pipeline.main(["--params", params, "--stages", "01,02,03,04"]) == 0
+    (folder,) = [p for p in reports.iterdir() if p.is_dir()]
+    return folder
+
+
+@pytest.fixture(scope="session")
+def smoke_chat_run(tmp_path_factory) -> Path:
+    """A smoke chat run through 04-tune-model, made once per test session."""
+    return _smoke_run("params/smoke.yaml", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def smoke_classifier_run(tmp_path_factory) -> Path:
+    """A smoke classification run through 04-tune-model, made once per test session."""
+    return _smoke_run("params/smoke-sentiment.yaml", tmp_path_factory)

@@ -1,13 +1,15 @@
 """report.html and reports/index.html: self-contained, escaped, complete; checked in a real browser."""
+import html
 import json
 import re
+import shlex
 import shutil
 import subprocess
 
 import pandas as pd
 import pytest
 
-from helpers import artifacts, plots, report, runs
+from helpers import artifacts, data, plots, report, runs
 from helpers.config import load_config
 
 CHAT_METRICS = {"task": "chat", "examples": 6, "tokens": 349, "perplexity_base": 22.0, "perplexity_tuned": 11.0,
@@ -137,3 +139,32 @@ def test_index_script_runs_and_compares_two_runs_in_chromium(reports, tmp_path):
     compare = dom[dom.index('id="compare"'):dom.index('id="runs-data"')]
     assert "param: tune.learning_rate" in compare and "0.0002" in compare and "0.0001" in compare
     assert "param: data.source" not in compare  # only what differs between the two runs
+
+
+def test_use_this_model_gives_the_runs_commands_and_snippets_escaped(reports):
+    run = make_run("params/smoke.yaml", CHAT_METRICS, {"experiment": {"name": "bot'\"<b>"}})
+    (run.model / "final").mkdir()
+    (run.model / "final" / "config.json").write_text("{}")
+    data.write_jsonl(run.data / "train.jsonl", [{"messages": [{"role": "system", "content": "Be <kind>."},
+                                                                {"role": "user", "content": "q"}]}])
+    page = report.render_run(run).read_text()
+    use = page[page.index('<section id="use">'):page.index('<section id="run">')]
+    assert 'href="#use"' in page and "<b>" not in use and "&lt;b&gt;" in use  # nothing breaks out
+    assert "'RUN=" not in use and '"' not in re.sub(r'"[^"<>]*"', "", use)  # quotes only as entities in text
+    for target in ("chat", "serve", "export"):
+        (cmd,) = re.findall(rf"<code>(make {target} .*?)</code>", use)
+        assert shlex.split(html.unescape(cmd)) == ["make", target, f"RUN={report.run_path(run)}"]
+    code = [html.unescape(c) for c in re.findall(r"<pre><code>(.*?)</code></pre>", use, re.S)]
+    assert len(code) == 2 and 'base_url="http://127.0.0.1:8000/v1"' in code[0] and "pipeline(" in code[1]
+    for c in code:
+        compile(c, "snippet", "exec")  # valid Python whatever the run is called
+    assert f"model={run.dir.name!r}" in code[0] and "'Be <kind>.'" in code[0]
+
+
+def test_use_this_model_for_a_classifier_is_predict(reports):
+    run = make_run("params/smoke-sentiment.yaml", CLS_METRICS)
+    (run.model / "final").mkdir()
+    (run.model / "final" / "config.json").write_text("{}")
+    use = report.use_html(run, run.config())
+    assert "make predict " in use and "INPUT=new.csv" in use and "make serve" not in use
+    assert "text-classification" in use and "OpenAI" not in use

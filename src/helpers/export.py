@@ -305,6 +305,8 @@ def check(export_dir: Path, rows: list[dict], outtype: str, max_new_tokens: int)
     failures, warnings, results = [], [], []
     if missing := [t for t in stop_names if t not in mf["stop"]]:
         failures.append(f"Modelfile: PARAMETER stop lacks {missing}, where the model ends its turn: Ollama would run on")
+    if outtype == "f16" and weight_diff > 0:
+        failures.append(f"model.gguf: weights differ from the merged model's, rounded to f16, by up to {weight_diff:.3g}")
     if not set(stop_ids) & set(gguf_stops):
         failures.append(f"model.gguf: its end-of-generation tokens {tok.convert_ids_to_tokens(gguf_stops)} are not "
                         f"the model's end of turn {stop_names}: llama.cpp would run on")
