@@ -118,9 +118,13 @@ def test_export_check_fails_on_a_broken_template_and_names_the_prompt(exported, 
     # The exported tokenizer's chat template broken: it no longer matches the GGUF's.
     files = [p for p in (out / "chat_template.jinja", out / "tokenizer_config.json") if p.is_file()]
     saved = {p: p.read_text() for p in files}
-    try:
-        for p in files:
-            p.write_text(p.read_text().replace("<|im_start|>", "<|im_start|> "))
+    try:  # the template only (tokenizer_config.json also defines the special tokens themselves)
+        if (out / "chat_template.jinja").is_file():
+            (out / "chat_template.jinja").write_text(saved[out / "chat_template.jinja"].replace("<|im_start|>", "<|im_start|> "))
+        conf = json.loads(saved[out / "tokenizer_config.json"])
+        if "chat_template" in conf:
+            conf["chat_template"] = conf["chat_template"].replace("<|im_start|>", "<|im_start|> ")
+            (out / "tokenizer_config.json").write_text(json.dumps(conf))
         assert export.main(["--run", str(run.dir), "--check-only", "--prompts", "1", "--max-new-tokens", "8"]) == 1
         err = capsys.readouterr().err
         assert "prompt 1 (" in err and "the GGUF's chat template and the merged model's differ" in err

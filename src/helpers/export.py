@@ -317,13 +317,17 @@ def check(export_dir: Path, rows: list[dict], outtype: str, max_new_tokens: int)
         text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         gtext = gtok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) \
             if getattr(gtok, "chat_template", None) else ""
+        # Ollama adds SYSTEM to a chat that has no system message; the merged model gets the same chat.
+        served = msgs if mf["system"] is None or any(m["role"] == "system" for m in msgs) \
+            else [{"role": "system", "content": mf["system"]}] + msgs
         otext = render_go(mf["template"] or "", msgs, mf["system"])
+        stext = tok.apply_chat_template(served, tokenize=False, add_generation_prompt=True)
         ids, gids = chat.prompt_ids(tok, row["messages"]), chat.prompt_ids(gtok, row["messages"]) if gtext else []
         want = _greedy(ref, ids, stop_ids, pad, max_new_tokens)
         got = _greedy(gguf, gids or ids, gguf_stops, pad, max_new_tokens)
         agree = _agreement(gguf, ids, want) if outtype != "f16" else None  # f16 compares the tokens themselves
         rec = {"prompt": n, "source": row.get("source", ""), "gguf_template_same": gtext == text,
-               "modelfile_template_same": otext == text, "prompt_tokens_same": gids == ids,
+               "modelfile_template_same": otext == stext, "prompt_tokens_same": gids == ids,
                "tokens": len(got), "same_tokens": got == want,
                "first_different_token": None if got == want else _first_diff(got, want),
                "top1_agreement": None if agree is None else round(agree, 4),
@@ -335,8 +339,7 @@ def check(export_dir: Path, rows: list[dict], outtype: str, max_new_tokens: int)
             problems.append(_show_diff("the GGUF's chat template and the merged model's", gtext, text) if gtext
                             else "the GGUF carries no chat template")
         if not rec["modelfile_template_same"]:
-            problems.append(_show_diff("the Modelfile's TEMPLATE (with its SYSTEM) and the merged model's template",
-                                       otext, text))
+            problems.append(_show_diff("the Modelfile's TEMPLATE and the merged model's template", otext, stext))
         if gtext and not rec["prompt_tokens_same"]:
             problems.append(f"the GGUF's tokenizer splits the prompt differently (from token {_first_diff(gids, ids)})")
         if rec["merged_ends_with_end_of_turn"] and not rec["ends_with_end_of_turn"]:
@@ -353,8 +356,10 @@ def check(export_dir: Path, rows: list[dict], outtype: str, max_new_tokens: int)
         rec["problems"] = problems
         failures += [f"{where}: {p}" for p in problems]
         results.append(rec)
-    compared = ("f16: rendered chat text (GGUF template, Modelfile TEMPLATE + SYSTEM, merged template), prompt "
-                "tokens, and greedy answer tokens against the merged model with its matrices rounded to f16"
+    compared = ("f16: rendered chat text (the GGUF's template and the merged one on each test chat; the Modelfile's "
+                "TEMPLATE and the merged one on the chat as Ollama serves it, SYSTEM added where it has no system "
+                "message), prompt tokens, and greedy answer tokens against the merged model with its matrices "
+                "rounded to f16"
                 if outtype == "f16" else
                 f"{outtype}: rendered chat text and prompt tokens as for f16; answers differ by quantization, so the "
                 f"GGUF must rank first >= 90% of the merged model's greedy answer tokens (teacher-forced)")
@@ -387,7 +392,7 @@ def link_model(final: Path, out: Path) -> None:
         shutil.copy2(f, dest)
 
 
-def export_run(run: Run, outtype: str = "f16", prompts: int = 4, max_new_tokens: int = 256) -> dict[str, Any]:
+def export_run(run: Run, outtype: str = "f16", prompts: int = 4, max_new_tokens: int = 128) -> dict[str, Any]:
     """Write run/export/: the merged model, and for chat runs model.gguf, Modelfile and check.json."""
     from transformers import AutoTokenizer, GenerationConfig
 
@@ -424,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", required=True, help="the run folder, reports/<run>")
     ap.add_argument("--quant", default=None, help=f"GGUF weight type: {' or '.join(OUTTYPES)} (default f16)")
     ap.add_argument("--prompts", type=int, default=4, help="test prompts the check compares (default 4)")
-    ap.add_argument("--max-new-tokens", type=int, default=256, help="answer budget in the check (default 256)")
+    ap.add_argument("--max-new-tokens", type=int, default=128, help="answer budget in the check (default 128)")
     ap.add_argument("--check-only", action="store_true", help="rerun the check on an existing export")
     a = ap.parse_args(argv)
     run = Run(Path(a.run))
