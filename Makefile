@@ -58,6 +58,18 @@ lab: $(STAMP) ## open JupyterLab on the notebooks with the project's kernel
 tensorboard: $(STAMP) ## serve the TensorBoard logs of every run under reports/
 	$(BIN)/tensorboard --logdir reports  # localhost only; add --bind_all to share on a network
 
+# ---- use a run's model: export, predict (RUN, QUANT, INPUT, OUTPUT are read from the command line)
+.PHONY: export predict
+
+export: $(STAMP) ## RUN=reports/<run> [QUANT=q8_0]: write <run>/export/ (safetensors, model.gguf, Ollama Modelfile, check.json)
+	@test -n "$$RUN" || { echo "give the run: make export RUN=reports/<run> [QUANT=q8_0]"; exit 2; }
+	$(BIN)/python -m helpers.export --run "$$RUN" $(if $(QUANT),--quant "$$QUANT")
+
+predict: $(STAMP) ## RUN=reports/<run> INPUT=new.csv [OUTPUT=...]: label a CSV or JSONL with a tuned classifier
+	@test -n "$$RUN" -a -n "$$INPUT" || { echo "give the run and the file: make predict RUN=reports/<run> INPUT=new.csv"; exit 2; }
+	$(BIN)/python -m helpers.predict --run "$$RUN" --input "$$INPUT" $(if $(OUTPUT),--output "$$OUTPUT")
+# ---- end of export, predict
+
 clean-env: ## remove .venv and the model cache (the next target rebuilds them)
 	rm -rf $(VENV) .cache
 

@@ -28,27 +28,36 @@ def reports(tmp_path, monkeypatch) -> Path:
     return folder
 
 
-# ---- a tuned smoke chat model, made once per test session (chat, serving, chat page tests) ----
+# ---- tuned smoke models, made once per test session (chat, serving, chat page, export, predict) ----
 
 SMOKE_TUNE = ["tune.max_steps=2", "tune.eval_steps=2", "tune.save_steps=2"]  # a real but tiny tuning run
 
 
+def _smoke_run(params: str, tmp_path_factory) -> Path:
+    """Stages 01-04 of a smoke profile in a private reports folder: a real tuned model to use."""
+    from helpers import paths, pipeline
+
+    reports = tmp_path_factory.mktemp("smoke-reports")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNEBOOK_REPORTS", str(reports))  # the kernels read it
+        mp.setattr(paths, "REPORTS", reports)
+        args = ["--params", params, "--stages", "01,02,03,04"]
+        assert pipeline.main(args + [a for s in SMOKE_TUNE for a in ("--set", s)]) == 0
+    (folder,) = [p for p in reports.iterdir() if p.is_dir()]
+    assert (folder / "model" / "final" / "config.json").is_file()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def smoke_chat_run(tmp_path_factory) -> Path:
-    """A run folder of params/smoke.yaml through stages 01-04 (model/final/ saved), in a temp reports folder.
+    """A smoke chat run through 04-tune-model, made once per test session.
     TUNEBOOK_TEST_CHAT_RUN=reports/<run> reuses a finished chat run instead (quicker while developing)."""
-    import subprocess
-    import sys
-
     if os.environ.get("TUNEBOOK_TEST_CHAT_RUN"):
         return Path(os.environ["TUNEBOOK_TEST_CHAT_RUN"])
-    reports = tmp_path_factory.mktemp("smoke-reports")
-    cmd = [sys.executable, "-m", "helpers.pipeline", "--params", "params/smoke.yaml", "--stages", "01,02,03,04"]
-    for s in SMOKE_TUNE:
-        cmd += ["--set", s]
-    proc = subprocess.run(cmd, cwd=Path(__file__).parents[1], capture_output=True, text=True,
-                          env={**os.environ, "TUNEBOOK_REPORTS": str(reports)})
-    assert proc.returncode == 0, f"smoke pipeline failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    (run,) = [p for p in reports.iterdir() if p.is_dir()]
-    assert (run / "model" / "final" / "config.json").is_file()
-    return run
+    return _smoke_run("params/smoke.yaml", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def smoke_classifier_run(tmp_path_factory) -> Path:
+    """A smoke classification run through 04-tune-model, made once per test session."""
+    return _smoke_run("params/smoke-sentiment.yaml", tmp_path_factory)

@@ -1,13 +1,15 @@
 """report.html and reports/index.html: self-contained, escaped, complete; checked in a real browser."""
+import html
 import json
 import re
+import shlex
 import shutil
 import subprocess
 
 import pandas as pd
 import pytest
 
-from helpers import artifacts, plots, report, runs
+from helpers import artifacts, data, paths, plots, report, runs
 from helpers.config import load_config
 
 CHAT_METRICS = {"task": "chat", "examples": 6, "tokens": 349, "perplexity_base": 22.0, "perplexity_tuned": 11.0,
@@ -149,3 +151,35 @@ def test_empty_tables_render_with_the_stage_reason(chat_run):
     assert "(No groups: no topic)" in page and "(no rows: nothing of this kind was found)" in page
     entries = {e["name"]: e for e in json.loads((chat_run.dir / "artifacts.json").read_text())}
     assert entries["2-grams-per-group"]["rows"] == 0 and entries["summary"]["rows"] == 2
+
+
+def test_use_this_model_gives_the_runs_commands_and_snippets_escaped(reports, monkeypatch):
+    # experiment.name is a checked slug, but the folder runs live in is the user's: a hostile one
+    # must not break out of the page or the shell command either.
+    monkeypatch.setattr(paths, "REPORTS", reports.parent / "bot'\"<b>")
+    run = make_run("params/smoke.yaml", CHAT_METRICS)
+    (run.model / "final").mkdir()
+    (run.model / "final" / "config.json").write_text("{}")
+    data.write_jsonl(run.data / "train.jsonl", [{"messages": [{"role": "system", "content": "Be <kind>."},
+                                                                {"role": "user", "content": "q"}]}])
+    page = report.render_run(run).read_text()
+    use = page[page.index('<section id="use">'):page.index('<section id="run">')]
+    assert 'href="#use"' in page and "<b>" not in use and "&lt;b&gt;" in use  # nothing breaks out
+    assert "'RUN=" not in use and '"' not in re.sub(r'"[^"<>]*"', "", use)  # quotes only as entities in text
+    for target in ("chat", "serve", "export"):
+        (cmd,) = re.findall(rf"<code>(make {target} .*?)</code>", use)
+        assert shlex.split(html.unescape(cmd)) == ["make", target, f"RUN={report.run_path(run)}"]
+    code = [html.unescape(c) for c in re.findall(r"<pre><code>(.*?)</code></pre>", use, re.S)]
+    assert len(code) == 2 and 'base_url="http://127.0.0.1:8000/v1"' in code[0] and "pipeline(" in code[1]
+    for c in code:
+        compile(c, "snippet", "exec")  # valid Python whatever the run is called
+    assert f"model={run.dir.name!r}" in code[0] and "'Be <kind>.'" in code[0]
+
+
+def test_use_this_model_for_a_classifier_is_predict(reports):
+    run = make_run("params/smoke-sentiment.yaml", CLS_METRICS)
+    (run.model / "final").mkdir()
+    (run.model / "final" / "config.json").write_text("{}")
+    use = report.use_html(run, run.config())
+    assert "make predict " in use and "INPUT=new.csv" in use and "make serve" not in use
+    assert "text-classification" in use and "OpenAI" not in use

@@ -73,6 +73,15 @@ def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
                                          return_dict=True)["input_ids"]
 
 
+def system_prompt(rows: list[dict]) -> str | None:
+    """The most common system message of chat rows (the one the model was tuned with), or None."""
+    import collections
+
+    counts = collections.Counter(r["messages"][0]["content"] for r in rows
+                                 if r.get("messages") and r["messages"][0]["role"] == "system")
+    return counts.most_common(1)[0][0] if counts else None
+
+
 def show_mask(tokenizer, encoded: Encoded) -> str:
     """The example's text with loss-carrying tokens wrapped in [[...]], for a reader to check."""
     out, inside = [], False

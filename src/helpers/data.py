@@ -148,14 +148,20 @@ def load(cfg: Config) -> Loaded:
     return out
 
 
-def load_file(path: Path, cfg: Config) -> Loaded:
-    """Load a user file in the configured (or detected) format."""
+def load_file(path: Path, cfg: Config, labelled: bool = True) -> Loaded:
+    """Load a user file in the configured (or detected) format.
+
+    labelled=False (classification, `make predict`): texts to label; a label field is optional
+    and kept as given, and only the text is validated.
+    """
     fmt = cfg.data.format if cfg.data.format != "auto" else detect_format(path, cfg.experiment.task)
     readers = {"openai": _read_chat_jsonl, "sharegpt": _read_chat_jsonl, "alpaca": _read_alpaca,
                "csv": _read_csv, "jsonl": _read_jsonl_labels}
     if cfg.experiment.task == "classification" and fmt not in ("csv", "jsonl"):
         raise DataError(f"{path}: format {fmt!r} holds chats, but experiment.task is classification; "
                         f"give a CSV or JSONL with {cfg.data.text_column!r} and {cfg.data.label_column!r} fields")
+    if cfg.experiment.task == "classification":
+        return readers[fmt](path, cfg, labelled)
     return readers[fmt](path, cfg)
 
 
@@ -378,7 +384,7 @@ def _read_alpaca(path: Path, cfg: Config) -> Loaded:
     return out
 
 
-def _read_csv(path: Path, cfg: Config) -> Loaded:
+def _read_csv(path: Path, cfg: Config, labelled: bool = True) -> Loaded:
     """CSV: prompt/response columns for chat, text/label columns for classification."""
     out = Loaded()
     d = cfg.data
@@ -389,7 +395,7 @@ def _read_csv(path: Path, cfg: Config) -> Loaded:
         raise DataError(f"{path}: the file is empty")
     records = _csv_records(path, tf, "\t" if path.suffix.lower() == ".tsv" else ",", out)
     header = next((fields for _, _, fields in records if fields), [])
-    missing = [c for c in cols if c not in header]
+    missing = [c for c in (cols if labelled else cols[:1]) if c not in header]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; the header has {header}. "
                         f"Set data.{'prompt_column/response_column' if cfg.experiment.task == 'chat' else 'text_column/label_column'}")
@@ -409,7 +415,7 @@ def _read_csv(path: Path, cfg: Config) -> Loaded:
         if cfg.experiment.task == "chat":
             _add_chat(out, src, [{"role": "user", "content": rec[cols[0]]}, {"role": "assistant", "content": rec[cols[1]]}], cfg)
         else:
-            _add_labelled(out, src, rec[cols[0]], rec[cols[1]], rec)
+            _add_labelled(out, src, rec[cols[0]], rec.get(cols[1]), rec, labelled)
     return out
 
 
@@ -475,15 +481,16 @@ def _rowlike_lines(lines: list[str], width: int, delimiter: str) -> int:
     return n
 
 
-def _read_jsonl_labels(path: Path, cfg: Config) -> Loaded:
-    """JSONL with a text field and a label field per line."""
+def _read_jsonl_labels(path: Path, cfg: Config, labelled: bool = True) -> Loaded:
+    """JSONL with a text field and a label field per line (the label optional when not labelled)."""
     out = Loaded()
     t, l = cfg.data.text_column, cfg.data.label_column
     for src, obj in _json_lines(path, out):
-        if not isinstance(obj, dict) or t not in obj or l not in obj:
-            out.problem(src, "schema", f"needs {t!r} and {l!r} fields (set data.text_column / data.label_column)", obj)
+        if not isinstance(obj, dict) or t not in obj or (labelled and l not in obj):
+            need = f"{t!r} and {l!r} fields" if labelled else f"a {t!r} field"
+            out.problem(src, "schema", f"needs {need} (set data.text_column / data.label_column)", obj)
             continue
-        _add_labelled(out, src, obj[t], obj[l], obj)
+        _add_labelled(out, src, obj[t], obj.get(l), obj, labelled)
     return out
 
 
@@ -572,13 +579,13 @@ def chat_problem(messages: Any) -> str | None:
     return None
 
 
-def _add_labelled(out: Loaded, src: str, text: Any, label: Any, raw: Any) -> None:
+def _add_labelled(out: Loaded, src: str, text: Any, label: Any, raw: Any, labelled: bool = True) -> None:
     """Validate one labelled text and keep it, or set it aside with the reason."""
     text = "" if text is None else str(text)
     label = "" if label is None else str(label).strip()
     if not text.strip():
         out.problem(src, "schema", "empty text", raw)
-    elif not label:
+    elif labelled and not label:
         out.problem(src, "schema", "missing label", raw)
     else:
         out.rows.append({"id": src, "text": text, "label": label, "source": src})

@@ -196,6 +196,74 @@ def cards_html(cards: list[tuple[str, str, str]]) -> str:
         for k, v, d in cards) + "</div>"
 
 
+# ---------------------------------------------------------------- using the model
+
+USE_TEMPLATE = """
+<p>The tuned model is in <code>{{ final }}</code> (merged, plain transformers). From the repo:</p>
+<table><tbody>{% for cmd, what in commands %}<tr><td><code>{{ cmd }}</code></td><td>{{ what }}</td></tr>{% endfor %}
+</tbody></table>
+{% for title, code in snippets %}<h3>{{ title }}</h3><pre><code>{{ code }}</code></pre>{% endfor %}
+"""
+
+
+def run_path(run: Run) -> str:
+    """The run folder as the make commands take it: relative to the repo, else in full."""
+    try:
+        return str(run.dir.resolve().relative_to(paths.ROOT))
+    except ValueError:  # a run outside the repo
+        return str(run.dir.resolve())
+
+
+def use_commands(run: Run, task: str) -> list[tuple[str, str]]:
+    """This run's make commands and what each does, the run's path shell-quoted."""
+    import shlex
+
+    r = shlex.quote(f"RUN={run_path(run)}")
+    if task == "chat":
+        return [(f"make chat {r}", "chat with it in the terminal (its own template and system prompt)"),
+                (f"make serve {r}", "an OpenAI-compatible API on http://127.0.0.1:8000/v1"),
+                (f"make export {r}", "export/: safetensors, model.gguf (f16; QUANT=q8_0), Ollama Modelfile, check.json")]
+    return [(f"make predict {r} INPUT=new.csv", "label a CSV or JSONL of texts: label, confidence, each class's "
+                                                "probability, and the rows that could not be read"),
+            (f"make export {r}", "export/: the merged classifier (safetensors) to copy elsewhere")]
+
+
+def use_snippets(run: Run, task: str, system: str | None) -> list[tuple[str, str]]:
+    """Python snippets for this run: the OpenAI client on make serve (chat), a transformers pipeline."""
+    final = f"{run_path(run)}/model/final"
+    if task != "chat":
+        return [("transformers pipeline", "from transformers import pipeline\n\n"
+                 f"classify = pipeline(\"text-classification\", model={final!r}, top_k=None)\n"
+                 "print(classify(\"The flight was on time and the crew was lovely.\"))")]
+    msgs = ([f"{{\"role\": \"system\", \"content\": {system!r}}}"] if system else []) + \
+        ['{"role": "user", "content": "Hello! What can you do?"}']
+    messages = "messages = [\n    " + ",\n    ".join(msgs) + ",\n]\n"
+    return [("OpenAI client (with make serve running)", "from openai import OpenAI\n\n" + messages +
+             "client = OpenAI(base_url=\"http://127.0.0.1:8000/v1\", api_key=\"not-needed\")\n"
+             f"reply = client.chat.completions.create(model={run.dir.name!r}, messages=messages)\n"
+             "print(reply.choices[0].message.content)"),
+            ("transformers pipeline", "from transformers import pipeline\n\n" + messages +
+             f"chat = pipeline(\"text-generation\", model={final!r})\n"
+             "print(chat(messages, max_new_tokens=128)[0][\"generated_text\"][-1][\"content\"])")]
+
+
+def use_html(run: Run, cfg: Config | None) -> str:
+    """The "Use this model" section: this run's commands and snippets (Jinja2, autoescaped)."""
+    import jinja2
+
+    from . import chat, data
+
+    task = cfg.experiment.task if cfg else "chat"
+    if not (run.model / "final" / "config.json").is_file():
+        return '<p class="muted">No tuned model yet: run 04-tune-model.</p>'
+    system = None
+    if task == "chat" and (run.data / "train.jsonl").is_file():
+        system = chat.system_prompt(data.read_jsonl(run.data / "train.jsonl"))
+    env = jinja2.Environment(autoescape=True)
+    return env.from_string(USE_TEMPLATE).render(final=f"{run.dir.name}/model/final", commands=use_commands(run, task),
+                                                snippets=use_snippets(run, task, system))
+
+
 # ---------------------------------------------------------------- one run
 
 def _run_config(run: Run) -> Config | None:
@@ -278,7 +346,8 @@ def render_run(run: Run, out: Path | None = None) -> Path:
     # Every stage gets its section, so a skipped one (search is off by default) says so.
     stages = list(artifacts.STAGES) + sorted({e["stage"] for e in items} - set(artifacts.STAGES))
     timings = manifest.get("stages", {})
-    toc = ['<li><a href="#headline">Headline</a></li>', '<li><a href="#run">The run</a></li>']
+    toc = ['<li><a href="#headline">Headline</a></li>', '<li><a href="#use">Use this model</a></li>',
+           '<li><a href="#run">The run</a></li>']
     body = []
     for s in stages:
         toc.append(f'<li><a href="#{esc(s)}">{esc(SECTION_TITLES.get(s, s.title()))}</a></li>')
@@ -294,6 +363,7 @@ def render_run(run: Run, out: Path | None = None) -> Path:
         f"<code>{esc(run.dir.name)}</code>, created {esc(manifest.get('created', '?'))}</p></header>"
         f'<nav class="toc"><strong>Contents</strong><ol>{"".join(toc)}</ol></nav>'
         f'<section id="headline"><h2>Headline</h2>{cards_html(headline(metrics))}</section>'
+        f'<section id="use"><h2>Use this model</h2>{use_html(run, cfg)}</section>'
         f'<section id="run"><h2>The run</h2>{manifest_html(run, cfg, manifest)}</section>' + "".join(body)))
     path = out or run.dir / "report.html"
     write_text(path, html_text)
