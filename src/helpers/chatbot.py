@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import data, models
+from . import chat, data, models
 from .config import ConfigError
 from .runs import Run
 
@@ -70,11 +69,7 @@ def model_id(run: Run, base: bool = False) -> str:
 def system_prompt(run: Run) -> str | None:
     """The most common system message of the training rows, or None when they have none."""
     path = run.data / "train.jsonl"
-    if not path.is_file():
-        return None
-    counts = Counter(m["content"] for row in data.read_jsonl(path) for m in row.get("messages", [])
-                     if m.get("role") == "system" and m.get("content"))
-    return counts.most_common(1)[0][0] if counts else None
+    return chat.system_prompt(data.read_jsonl(path)) if path.is_file() else None
 
 
 def load(run_dir: str | Path, base: bool = False) -> Bot:
