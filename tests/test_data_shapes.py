@@ -138,7 +138,8 @@ def test_label_shapes_end_with_a_report(shape, tmp_path, monkeypatch):
     predictions = [json.loads(line) for line in (folder / "data" / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == ev["examples"] > 0
     assert abs(ev["accuracy"] - sum(p["predicted"] == p["label"] for p in predictions) / len(predictions)) < 1e-9
-    assert all(abs(sum(p["probs"].values()) - 1) < 1e-4 for p in predictions)
+    # Each probability is stored rounded to 4 decimals: the sum may be off by half a unit per class.
+    assert all(abs(sum(p["probs"].values()) - 1) <= 5e-5 * expected_classes + 1e-9 for p in predictions)
     assert len(predictions[0]["probs"]) == expected_classes
     html = (folder / "report.html").read_text(encoding="utf-8")
     for key, label in (("accuracy", "accuracy"), ("macro_f1", "macro F1")):
