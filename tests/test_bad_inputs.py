@@ -154,7 +154,7 @@ def test_bad_input_file(case, tmp_path):
 
 PARAMS_CASES = [
     ("name-climbs-out", "experiment: {name: ../../../somewhere/x}\n", [], r"p.yaml.*experiment.name.*safe run folder"),
-    ("name-absolute", "experiment: {name: /tmp/x}\n", [], r"experiment.name.*safe run folder name.*e.g. chat-faq"),
+    ("name-absolute", "experiment: {name: /srv/x}\n", [], r"experiment.name.*safe run folder name.*e.g. chat-faq"),
     ("name-with-markup", "experiment: {name: 'a\" onmouseover=\"alert(1)'}\n", [], r"experiment.name"),
     ("name-with-dots", "experiment: {name: a..b}\n", [], r"no '\.\.'"),
     ("set-not-yaml", "experiment: {name: ok}\n", ["data.labels=[a, b"], r"override 'data.labels'.*not valid YAML"),

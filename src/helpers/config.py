@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 Task = Literal["chat", "classification"]
 # experiment.name becomes a folder name under reports/: a slug, so a shared params file cannot
-# put a run folder elsewhere ("../..", "/tmp/x", "a/b") or give it a name a shell or URL trips on.
+# put a run folder elsewhere ("../..", "/srv/x", "a/b") or give it a name a shell or URL trips on.
 NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]|\.(?!\.)){0,79}")
 NAME_RULE = ("1-80 letters, digits, '-', '_' or '.', starting with a letter or digit, no '..' "
              "(e.g. chat-faq or sentiment_v2)")

@@ -20,12 +20,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from . import data, paths
-from .runs import TRACKED_PACKAGES, Run, read_json, record_stage, write_json
+from .runs import Run, package_versions, read_json, record_stage, write_json
 
 MODES = ("same-code", "any", "off")
 
@@ -147,13 +146,7 @@ def code_version() -> dict[str, str | None]:
             if rel and (paths.ROOT / rel).is_file():
                 h.update(rel.encode() + file_digest(paths.ROOT / rel).encode())
         dirty = h.hexdigest()[:16]
-    versions = {}
-    for name in TRACKED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    packages = hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:16]
+    packages = hashlib.sha256(json.dumps(package_versions(), sort_keys=True).encode()).hexdigest()[:16]
     return {"commit": commit, "dirty": dirty, "packages": packages}
 
 

@@ -107,14 +107,20 @@ def _repo_path(p: str | Path) -> Path:
     return p if p.is_absolute() or p.exists() else paths.ROOT / p
 
 
-def manifest(cfg: Config) -> dict[str, Any]:
-    """What a reader needs to reproduce the run: commit, versions, seed, machine."""
+def package_versions() -> dict[str, str | None]:
+    """The installed versions of the packages that decide a run's results (None: not installed)."""
     versions = {}
     for name in TRACKED_PACKAGES:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    return versions
+
+
+def manifest(cfg: Config) -> dict[str, Any]:
+    """What a reader needs to reproduce the run: commit, versions, seed, machine."""
+    versions = package_versions()
     return {
         "experiment": cfg.experiment.name,
         "task": cfg.experiment.task,
