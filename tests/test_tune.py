@@ -145,9 +145,9 @@ def test_class_weights_are_balanced_and_need_every_label():
 
 def test_train_file_is_the_augmented_one_when_03_wrote_it(tmp_path, tweets):
     run, _ = make_run(tmp_path, SMOKE_SENTIMENT, {}, tweets[:4], tweets[4:6])
-    assert tune.train_file(run).name == "train.jsonl"
+    assert run.train_file.name == "train.jsonl"
     data.write_jsonl(run.data / "train.augmented.jsonl", tweets[:5])
-    assert tune.train_file(run).name == "train.augmented.jsonl" and len(tune.load_splits(run)[0]) == 5
+    assert run.train_file.name == "train.augmented.jsonl" and len(tune.load_splits(run)[0]) == 5
     assert evaluation.train_rows(run) == (tweets[:5], "train.augmented.jsonl")  # 05's baseline: the same rows
 
 

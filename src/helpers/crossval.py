@@ -27,7 +27,7 @@ def cross_validate(run: Run, cfg: Config) -> dict[str, Any]:
     if cfg.experiment.task != "classification":
         raise ConfigError("tune.cv_folds: cross-validation is for classification; set it to 0 for chat")
     k = cfg.tune.cv_folds
-    rows = data.read_jsonl(tune.train_file(run))
+    rows = data.read_jsonl(run.train_file)
     # An augmented copy stays in its original's fold: a copy in training and its original in
     # validation would leak the answer.
     groups = [r.get("augment_of") or r["id"] for r in rows]

@@ -36,10 +36,9 @@ def test_rows(run: Run, cfg: Config) -> list[dict]:
 
 
 def train_rows(run: Run) -> tuple[list[dict], str]:
-    """The rows the model was tuned on (tune.train_file decides which file) and that file's name."""
-    from .tune import train_file  # here: tune pulls in the Trainer and PEFT, which chat scoring never needs
+    """The rows the model was tuned on (Run.train_file decides which file) and that file's name."""
 
-    path = train_file(run)
+    path = run.train_file
     return data.read_jsonl(path), path.name
 
 

@@ -45,6 +45,12 @@ class Run:
         return self.dir / "notebooks"
 
     @property
+    def train_file(self) -> Path:
+        """The training rows: stage 03's augmented file when it exists, else stage 02's split."""
+        augmented = self.data / "train.augmented.jsonl"
+        return augmented if augmented.is_file() else self.data / "train.jsonl"
+
+    @property
     def config_file(self) -> Path:
         return self.dir / "config.yaml"
 

@@ -90,15 +90,9 @@ def cpu_has_bf16() -> bool:
 
 # ---------------------------------------------------------------- data
 
-def train_file(run: Run) -> Path:
-    """The training rows: stage 03's augmented file when it exists, else stage 02's split."""
-    augmented = run.data / "train.augmented.jsonl"
-    return augmented if augmented.is_file() else run.data / "train.jsonl"
-
-
 def load_splits(run: Run) -> tuple[list[dict], list[dict]]:
     """Train and validation rows of a run."""
-    return data.read_jsonl(train_file(run)), data.read_jsonl(run.data / "validation.jsonl")
+    return data.read_jsonl(run.train_file), data.read_jsonl(run.data / "validation.jsonl")
 
 
 def labels_for(cfg: Config, rows: list[dict]) -> list[str]:
@@ -674,7 +668,7 @@ def train(run: Run, cfg: Config) -> dict[str, Any]:
     if not fitted.trainer.is_world_process_zero():
         return {}  # under accelerate launch, one process writes
     history = fitted.trainer.state.log_history
-    metrics = {"method": cfg.tune.method, "train_file": train_file(run).name, "train_rows": len(train_rows),
+    metrics = {"method": cfg.tune.method, "train_file": run.train_file.name, "train_rows": len(train_rows),
                "validation_rows": len(val_rows), **summarize(fitted)}
     save_model(fitted, model_dir / "adapter" if cfg.tune.method in PEFT_METHODS else None,
                model_dir / "final", cfg)
