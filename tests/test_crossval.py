@@ -19,7 +19,7 @@ def test_cross_validation_scores_folds_and_ensemble(tmp_path):
     assert [f["fold"] for f in cv["per_fold"]] == [0, 1]
     assert sum(f["validation_rows"] for f in cv["per_fold"]) == 60  # real rows only: the copy is never held out
     assert 0 <= cv["eval_accuracy"]["mean"] <= 1 and cv["eval_accuracy"]["std"] >= 0
-    assert cv["test_rows"] == 30 and set(cv["test_ensemble"]) == {"accuracy", "f1_macro"}
+    assert cv["test_rows"] == 30 and set(cv["test_ensemble"]) == {"accuracy", "macro_f1", "macro_auc"}
     assert 0 <= cv["test_single"]["accuracy"] <= 1
     assert runs.read_json(run.metrics_file)["tune"]["cv"]["folds"] == 2
     assert (run.model / "folds" / "1" / "final" / "model.safetensors").is_file()

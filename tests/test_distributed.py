@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from helpers import chat, data, models, paths, pipeline, runs, tune
+from helpers import chat, data, models, paths, pipeline, runs, training, tune
 from helpers.config import ConfigError, load_config
 
 SMOKE = paths.PARAMS / "smoke.yaml"
@@ -96,10 +96,10 @@ def two_processes(tmp_path_factory, short_chats):
 def test_global_batch_must_split_evenly_over_the_processes(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ConfigError, match=r"tune.batch_size: 4 is the global batch.*3 training processes; use 3 or 6"):
-        tune.check_processes(load_config(SMOKE, FAST))
-    assert tune.check_processes(load_config(SMOKE, {**FAST, "tune.batch_size": 6})) == 3
+        training.check_processes(load_config(SMOKE, FAST))
+    assert training.check_processes(load_config(SMOKE, {**FAST, "tune.batch_size": 6})) == 3
     monkeypatch.delenv("WORLD_SIZE")
-    assert tune.check_processes(load_config(SMOKE, FAST)) == 1
+    assert training.check_processes(load_config(SMOKE, FAST)) == 1
 
 
 def test_the_stage_name_tune_records_is_the_pipelines():
@@ -143,7 +143,7 @@ def test_two_processes_train_on_the_same_batches_as_one_and_write_once(tmp_path,
     assert [s["step"] for s in samples] == [0, 2, 4]
     assert len(h2) == len(h1) and [h["step"] for h in h2] == [h["step"] for h in h1]
     assert (two.model / "final" / "model.safetensors").is_file() and (two.model / "adapter").is_dir()
-    checkpoint = tune.last_checkpoint(two.model / "checkpoints")
+    checkpoint = training.last_checkpoint(two.model / "checkpoints")
     assert sorted(p.name for p in checkpoint.glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
     stage = runs.read_json(two.manifest_file)["stages"][tune.NOTEBOOK]
     assert stage["status"] == "ok" and stage["processes"] == 2
@@ -173,14 +173,14 @@ def test_a_killed_rank_stops_the_group_and_a_rerun_resumes(tmp_path, short_chats
     run = make_run(tmp_path, short_chats)
     proc = launch(run)
     deadline = time.monotonic() + 600
-    while tune.last_checkpoint(run.model / "checkpoints") is None:
+    while training.last_checkpoint(run.model / "checkpoints") is None:
         assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the launch ended"
         time.sleep(0.2)
     os.kill(worker_pids(proc.pid)[1], signal.SIGKILL)  # not the main process: rank 1
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0  # the launcher noticed and stopped rank 0 too
     assert runs.read_json(run.manifest_file)["stages"][tune.NOTEBOOK]["status"] != "ok"
-    step = tune.checkpoint_step(tune.last_checkpoint(run.model / "checkpoints"))
+    step = training.checkpoint_step(training.last_checkpoint(run.model / "checkpoints"))
     assert step == 2, out[-2000:]  # killed before the step-4 checkpoint was complete
 
     finish(launch(run))

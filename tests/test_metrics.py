@@ -9,21 +9,28 @@ import torch
 from helpers import metrics
 
 
+def scores_of(pred: list[int], n_classes: int = 2) -> np.ndarray:
+    """Probabilities whose top class is pred (0.9 on it), for the label-only checks."""
+    p = np.full((len(pred), n_classes), 0.1 / (n_classes - 1))
+    p[np.arange(len(pred)), pred] = 0.9
+    return p
+
+
 def test_accuracy_perfect_and_by_hand():
-    assert metrics.Accuracy().compute(predictions=[0, 1, 2], references=[0, 1, 2]) == {"accuracy": 1.0}
-    assert metrics.Accuracy().compute(predictions=[0, 1, 1, 0], references=[0, 1, 0, 0])["accuracy"] == 0.75
+    assert metrics.classification_scores([0, 1, 2], scores_of([0, 1, 2], 3))["accuracy"] == 1.0
+    assert metrics.classification_scores([0, 1, 0, 0], scores_of([0, 1, 1, 0]))["accuracy"] == 0.75
 
 
 def test_macro_f1_two_by_two_by_hand():
     # refs [0,0,1,1], preds [0,1,1,1]: class 0 P=1 R=1/2 F1=2/3; class 1 P=2/3 R=1 F1=4/5.
-    res = metrics.MacroF1().compute(predictions=[0, 1, 1, 1], references=[0, 0, 1, 1])
+    res = metrics.classification_scores([0, 0, 1, 1], scores_of([0, 1, 1, 1]))
     assert res["macro_f1"] == pytest.approx((2 / 3 + 4 / 5) / 2)
     assert res["macro_precision"] == pytest.approx((1 + 2 / 3) / 2)
     assert res["macro_recall"] == pytest.approx(0.75)
 
 
 def test_macro_f1_never_predicted_class_scores_zero():
-    res = metrics.MacroF1().compute(predictions=[0, 0, 0], references=[0, 0, 1])
+    res = metrics.classification_scores([0, 0, 1], scores_of([0, 0, 0]))
     # class 0: P=2/3 R=1 F1=0.8; class 1: never predicted, F1 = 0.
     assert res["macro_f1"] == pytest.approx(0.4)
 
@@ -31,10 +38,16 @@ def test_macro_f1_never_predicted_class_scores_zero():
 def test_roc_auc_by_hand():
     # Class-1 scores: positives 0.35, 0.8; negatives 0.1, 0.4. Of the 4 (pos, neg) pairs, 3 are
     # ordered right (0.35 < 0.4 is the miss): AUC = 3/4, for both classes of a binary task.
-    scores = [[0.9, 0.1], [0.6, 0.4], [0.65, 0.35], [0.2, 0.8]]
-    res = metrics.RocAuc().compute(prediction_scores=scores, references=[0, 0, 1, 1])
+    scores = np.array([[0.9, 0.1], [0.6, 0.4], [0.65, 0.35], [0.2, 0.8]])
+    res = metrics.roc_auc(np.array([0, 0, 1, 1]), scores)
     assert res["auc_per_class"] == pytest.approx([0.75, 0.75])
     assert res["macro_auc"] == pytest.approx(0.75)
+    assert metrics.classification_scores([0, 0, 1, 1], scores)["macro_auc"] == pytest.approx(0.75)
+
+
+def test_softmax_rows_sum_to_one_and_keep_order():
+    p = metrics.softmax(np.array([[1000.0, 1001.0], [0.0, 0.0]]))  # large logits: no overflow
+    assert p.sum(axis=1) == pytest.approx([1, 1]) and p[0, 1] > p[0, 0] and p[1].tolist() == [0.5, 0.5]
 
 
 def test_roc_auc_perfect_and_absent_class():
@@ -45,9 +58,10 @@ def test_roc_auc_perfect_and_absent_class():
 
 
 def test_combine_works_offline_with_mixed_inputs():
-    suite = evaluate.combine([metrics.Accuracy(), metrics.MacroF1(), metrics.RocAuc()])
-    res = suite.compute(predictions=[0, 1], references=[0, 1], prediction_scores=[[0.9, 0.1], [0.2, 0.8]])
-    assert res["accuracy"] == 1.0 and res["macro_f1"] == 1.0 and res["macro_auc"] == 1.0
+    suite = evaluate.combine([metrics.RougeL(), metrics.Bleu()])
+    same = ["the cat sat on the mat all day"]  # BLEU needs 4-grams
+    res = suite.compute(predictions=same, references=same)
+    assert res["rougeL"] == pytest.approx(1.0) and res["bleu"] == pytest.approx(100.0)
 
 
 def test_uniform_logits_give_vocab_size_perplexity():

@@ -6,7 +6,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
 
-from helpers import chat, clean, data, evaluation, models, paths, runs, tune
+from helpers import adapters, chat, clean, data, evaluation, models, paths, precision, runs, tasks, trainer, training, tune
+from helpers.tasks import classification
 from helpers.config import ConfigError, apply_overrides, load_config
 
 SMOKE = paths.PARAMS / "smoke.yaml"
@@ -49,9 +50,9 @@ def test_example_without_answer_tokens_is_an_error_naming_the_row():
     long = {"id": "support-chats.jsonl:7", "messages": [{"role": "user", "content": "word " * 100},
                                                          {"role": "assistant", "content": "ok"}]}
     fine = {"id": "fine", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
-    assert len(tune.encode_chats(tok, [fine], 40, "train")) == 1
+    assert len(tasks.chat.encode(tok, [fine], None, 40, "train")) == 1
     with pytest.raises(data.DataError, match=r"support-chats\.jsonl:7.*model\.max_length"):
-        tune.encode_chats(tok, [fine, long], 40, "train")
+        tasks.chat.encode(tok, [fine, long], None, 40, "train")
 
 
 def test_packed_batch_keeps_attention_per_example(short_chats):
@@ -59,7 +60,7 @@ def test_packed_batch_keeps_attention_per_example(short_chats):
     cfg = load_config(SMOKE)
     tok, model = models.load_tokenizer(cfg), models.load_causal_lm(cfg).eval()
     encoded = [chat.encode(tok, r["messages"], 128) for r in short_chats[:3]]
-    batch = tune.collator(cfg, tok, "llama")([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
+    batch = tasks.for_config(cfg).collator(cfg, tok, "llama")([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
     assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch  # one row, no pad
     with torch.no_grad():
         packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
@@ -79,8 +80,8 @@ def test_packed_and_padded_batches_give_the_same_loss(tmp_path, short_chats):
     for packing in (True, False):
         cfg = load_config(SMOKE, {**CHAT_FAST, "tune.packing": packing, "tune.max_steps": 1, "tune.eval_steps": 1,
                                   "tune.save_steps": 1, "tune.sample_prompts": 0})
-        fitted = tune.fit(cfg, short_chats[:4], short_chats[4:8], tmp_path / str(packing))
-        assert tune.summarize(fitted)["packed"] == packing
+        fitted = training.fit(cfg, short_chats[:4], short_chats[4:8], tmp_path / str(packing))
+        assert training.summarize(fitted)["packed"] == packing
         losses[packing] = fitted.trainer.state.log_history[0]["eval_loss"]  # one eval batch: 8 >= 4 rows
     assert losses[True] == pytest.approx(losses[False], abs=1e-2)
 
@@ -88,20 +89,20 @@ def test_packed_and_padded_batches_give_the_same_loss(tmp_path, short_chats):
 def test_default_targets_per_architecture():
     cfg = load_config(SMOKE)
     llama, bert = (SimpleNamespace(config=SimpleNamespace(model_type=t)) for t in ("llama", "bert"))
-    assert tune.target_modules(llama, cfg) == ["q_proj", "k_proj", "v_proj", "o_proj",
+    assert adapters.target_modules(llama, cfg) == ["q_proj", "k_proj", "v_proj", "o_proj",
                                                "gate_proj", "up_proj", "down_proj"]
-    assert tune.target_modules(bert, cfg) == ["query", "key", "value", "dense"]
+    assert adapters.target_modules(bert, cfg) == ["query", "key", "value", "dense"]
     unknown = SimpleNamespace(config=SimpleNamespace(model_type="newarch"))
-    assert tune.target_modules(unknown, cfg) == "all-linear"
-    assert tune.target_modules(llama, load_config(SMOKE, ["tune.lora.target_modules=[q_proj]"])) == ["q_proj"]
+    assert adapters.target_modules(unknown, cfg) == "all-linear"
+    assert adapters.target_modules(llama, load_config(SMOKE, ["tune.lora.target_modules=[q_proj]"])) == ["q_proj"]
 
 
 @pytest.mark.parametrize("method", ["lora", "dora", "rslora", "freeze", "full"])
 def test_methods_train_what_they_say(method):
     cfg = load_config(SMOKE_SENTIMENT, [f"tune.method={method}", "tune.freeze_layers=4"])
-    model = tune.build_model(cfg, ["negative", "neutral", "positive"])
+    model = adapters.build_model(cfg, ["negative", "neutral", "positive"])
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    n_trainable, total = tune.count_params(model)
+    n_trainable, total = adapters.count_params(model)
     assert any("classifier" in n for n in trainable)  # the new head always trains
     if method in ("lora", "dora", "rslora"):
         lora = model.peft_config["default"]
@@ -125,41 +126,42 @@ def test_bad_tune_params_name_the_key():
     with pytest.raises(ConfigError, match="tune.nope"):
         apply_overrides(load_config(SMOKE), ["tune.nope=1"])
     with pytest.raises(ConfigError, match="tune.freeze_layers"):
-        tune.build_model(load_config(SMOKE_SENTIMENT, ["tune.method=freeze", "tune.freeze_layers=9"]), ["a", "b"])
+        adapters.build_model(load_config(SMOKE_SENTIMENT, ["tune.method=freeze", "tune.freeze_layers=9"]), ["a", "b"])
     with pytest.raises(ConfigError, match="tune.lora.target_modules"):
-        tune.build_model(load_config(SMOKE_SENTIMENT, ["tune.lora.target_modules=[nope]"]), ["a", "b"])
+        adapters.build_model(load_config(SMOKE_SENTIMENT, ["tune.lora.target_modules=[nope]"]), ["a", "b"])
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="tune.precision"):
-            tune.precision(load_config(SMOKE, ["tune.precision=fp16"]))
+            precision.training_precision(load_config(SMOKE, ["tune.precision=fp16"]))
 
 
 def test_class_weights_are_balanced_and_need_every_label():
     rows = [{"label": "a"}] * 3 + [{"label": "b"}]
     # clean.class_weights (rounded to 4 decimals for metrics.json), in the model's label order.
-    assert tune.class_weights(rows, ["a", "b"]).tolist() == pytest.approx([4 / 6, 2.0], abs=1e-4)
-    assert tune.class_weights(rows, ["b", "a"]).tolist() == pytest.approx([2.0, 4 / 6], abs=1e-4)
-    assert tune.class_weights(rows, ["a", "b"]).tolist() == pytest.approx(list(clean.class_weights(rows).values()))
+    assert classification.class_weights(rows, ["a", "b"]).tolist() == pytest.approx([4 / 6, 2.0], abs=1e-4)
+    assert classification.class_weights(rows, ["b", "a"]).tolist() == pytest.approx([2.0, 4 / 6], abs=1e-4)
+    assert classification.class_weights(rows, ["a", "b"]).tolist() == pytest.approx(list(clean.class_weights(rows).values()))
     with pytest.raises(data.DataError, match="'c'"):
-        tune.class_weights(rows, ["a", "b", "c"])
+        classification.class_weights(rows, ["a", "b", "c"])
 
 
 def test_train_file_is_the_augmented_one_when_03_wrote_it(tmp_path, tweets):
     run, _ = make_run(tmp_path, SMOKE_SENTIMENT, {}, tweets[:4], tweets[4:6])
     assert run.train_file.name == "train.jsonl"
     data.write_jsonl(run.data / "train.augmented.jsonl", tweets[:5])
-    assert run.train_file.name == "train.augmented.jsonl" and len(tune.load_splits(run)[0]) == 5
+    assert run.train_file.name == "train.augmented.jsonl" and len(training.load_splits(run)[0]) == 5
     assert evaluation.train_rows(run) == (tweets[:5], "train.augmented.jsonl")  # 05's baseline: the same rows
 
 
 def test_classification_metrics_by_hand():
     scores = [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]  # predicts 0 1 0 1
-    m = tune.classification_metrics((scores, [0, 1, 1, 1]))
+    m = classification.compute_metrics((scores, [0, 1, 1, 1]))
     # class 0: P 1/2 R 1 F1 2/3; class 1: P 1 R 2/3 F1 0.8.
-    assert m == pytest.approx({"accuracy": 0.75, "f1_macro": (2 / 3 + 0.8) / 2})
+    # AUC: each class's scores put its own rows above every other row (0.8, 0.4, 0.7 > 0.1; 0.9 > 0.6): 1.0.
+    assert m == pytest.approx({"accuracy": 0.75, "macro_f1": (2 / 3 + 0.8) / 2, "macro_auc": 1.0})
 
 
 def test_step_scheduler_warms_up_then_decays_in_steps():
-    factors = [tune._step_factor(s, warmup=2, size=3, gamma=0.5) for s in range(9)]
+    factors = [trainer._step_factor(s, warmup=2, size=3, gamma=0.5) for s in range(9)]
     assert factors == pytest.approx([0, 0.5, 1, 1, 1, 0.5, 0.5, 0.5, 0.25])
 
 
@@ -179,10 +181,10 @@ def test_chat_overfits_and_saves_loadable_models(tmp_path, short_chats):
 
     assert m["val_loss_best"] < 0.6 * m["val_loss_first"], m  # 4 chats learned by heart
     assert m["steps"] == 6 and m["best_step"] in (3, 6) and m["resumed_from_step"] == 0
-    assert m["precision"] == ("bf16" if tune.cpu_has_bf16() or torch.cuda.is_available() else "fp32")
+    assert m["precision"] == ("bf16" if precision.cpu_has_bf16() or torch.cuda.is_available() else "fp32")
     assert m["packed"]
     assert 0 < m["trainable_params"] < 0.05 * m["total_params"] and m["train_tokens_per_s"] > 0
-    assert m["lora_targets"] == sorted(tune.LLAMA_LIKE)
+    assert m["lora_targets"] == sorted(adapters.LLAMA_LIKE)
     assert runs.read_json(run.metrics_file)["tune"]["val_loss_best"] == m["val_loss_best"]
     history = runs.read_json(run.model / "log_history.json")
     assert [h["step"] for h in history if "eval_loss" in h] == [0, 3, 6]
@@ -209,7 +211,7 @@ def test_classifier_overfits_via_cli_with_class_weights(tmp_path, tweets):
     assert run.config().tune.class_weights  # config.yaml says what ran
     m = runs.read_json(run.metrics_file)["tune"]
     assert m["val_loss_best"] < m["val_loss_first"], m
-    assert {"val_accuracy_best", "val_f1_macro_best"} <= set(m)
+    assert {"val_accuracy_best", "val_macro_f1_best"} <= set(m)
 
     labels = ["negative", "neutral", "positive"]
     final = AutoModelForSequenceClassification.from_pretrained(run.model / "final", use_safetensors=True).eval()
@@ -244,8 +246,8 @@ def test_interrupted_run_resumes_to_the_same_losses(tmp_path, short_chats):
 
     broken, _ = make_run(tmp_path, SMOKE, overrides, train, val)
     with pytest.raises(Killed):
-        tune.fit(cfg, train, val, broken.model, callbacks=[Crash(3)])
-    assert tune.last_checkpoint(broken.model / "checkpoints").name == "checkpoint-2"
+        training.fit(cfg, train, val, broken.model, callbacks=[Crash(3)])
+    assert training.last_checkpoint(broken.model / "checkpoints").name == "checkpoint-2"
     m = tune.train(broken, cfg)  # the stage rerun on the same folder
     assert m["resumed_from_step"] == 2 and m["steps"] == 4
 
@@ -301,10 +303,10 @@ def test_packed_loss_with_loss_positions_only_equals_the_models_own_loss(short_c
     feats = [{"input_ids": e.input_ids, "labels": e.labels}
              for e in (chat.encode(tok, r["messages"], 128) for r in short_chats[:3])]
     batch = {k: torch.as_tensor(v) for k, v in DataCollatorWithFlattening()(feats).items()}
-    trainer = tune.TuneTrainer.__new__(tune.TuneTrainer)  # only the loss method is exercised
-    trainer.args = type("Args", (), {"average_tokens_across_devices": False})()
+    tt = trainer.TuneTrainer.__new__(trainer.TuneTrainer)  # only the loss method is exercised
+    tt.args = type("Args", (), {"average_tokens_across_devices": False})()
     with torch.no_grad():
-        ours = trainer._packed_loss(model, batch, False, None)
+        ours = tt._packed_loss(model, batch, False, None)
         reference = model(**batch).loss  # transformers' causal-LM loss over the same labels
     assert torch.allclose(ours, reference, atol=1e-5), (ours, reference)
 
@@ -329,12 +331,12 @@ def test_a_killed_training_process_resumes_from_its_last_checkpoint(tmp_path, sh
     cmd = [sys.executable, "-m", "helpers.tune", "--run-dir", str(killed.dir)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while tune.last_checkpoint(killed.model / "checkpoints") is None:
+    while training.last_checkpoint(killed.model / "checkpoints") is None:
         assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the process ended"
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)  # as a power cut or an out-of-memory kill would
     proc.wait()
-    step = tune.checkpoint_step(tune.last_checkpoint(killed.model / "checkpoints"))
+    step = training.checkpoint_step(training.last_checkpoint(killed.model / "checkpoints"))
     assert 2 <= step < 8, step
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     resumed = runs.read_json(killed.metrics_file)["tune"]

@@ -5,7 +5,7 @@
 
 Three training paths, each in its own process (so peak memory is its own), on the same data,
 model, LoRA configuration, sequence cap, learning rate, seed and number of optimizer steps:
-  ours  what `make pipeline` runs (helpers.tune.fit with the chat-faq params)
+  ours  what `make pipeline` runs (helpers.training.fit with the chat-faq params)
   docs  the transformers/PEFT documentation recipe: Trainer, fp32, padding to the longest in
         the batch, loss on every token (DataCollatorForLanguageModeling)
   trl   TRL's SFTTrainer with its defaults (bf16, gradient checkpointing, loss on every token)
@@ -79,7 +79,7 @@ def validation_loss(model, tokenizer, rows: list[dict], max_length: int) -> floa
     """Mean assistant-token cross-entropy (nats), fp32: the one yardstick for every path."""
     import numpy as np
 
-    from .evaluation import token_nlls
+    from .inference import token_nlls
 
     nlls = token_nlls(model, tokenizer, rows, max_length, batch_size=16)
     return float(np.concatenate(nlls).mean())
@@ -89,7 +89,7 @@ def lora_config(spec: dict, model):
     """The LoRA adapter every path uses: the same rank, alpha, targets."""
     from peft import LoraConfig, TaskType
 
-    from .tune import TARGET_MODULES
+    from .adapters import TARGET_MODULES
 
     return LoraConfig(task_type=TaskType.CAUSAL_LM, r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=0.0,
                       target_modules=TARGET_MODULES.get(model.config.model_type, "all-linear"))
@@ -110,10 +110,10 @@ class LoopTimer(TrainerCallback):
 
 
 def train_ours(spec: dict, train: list[dict], out: Path, timer):
-    """helpers.tune.fit, exactly as the pipeline calls it (no validation during the bench)."""
-    from . import tune
+    """helpers.training.fit, exactly as the pipeline calls it (no validation during the bench)."""
+    from . import training
 
-    fitted = tune.fit(bench_config(spec), train, [], out, callbacks=[timer], resume=False)
+    fitted = training.fit(bench_config(spec), train, [], out, callbacks=[timer], resume=False)
     return fitted.trainer.model, fitted.tokenizer
 
 
@@ -191,7 +191,7 @@ def worker(path: str, spec: dict) -> dict[str, Any]:
 def eval_bench(spec: dict) -> dict[str, Any]:
     """Batched perplexity and KV-cache generation against the same code one example at a time."""
     from . import models
-    from .evaluation import generate, token_nlls
+    from .inference import generate, token_nlls
 
     cfg = bench_config(spec)
     tok, model = models.load_tokenizer(cfg), models.load_causal_lm(cfg)

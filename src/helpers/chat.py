@@ -94,3 +94,14 @@ def show_mask(tokenizer, encoded: Encoded) -> str:
     if inside:
         out.append("]]")
     return "".join(out)
+
+
+def last_turn(messages: list[dict], role: str) -> str:
+    """Content of the conversation's last message with this role ("" when there is none)."""
+    return next((m["content"] for m in reversed(messages) if m["role"] == role), "")
+
+
+def answered_prompt(messages: list[dict]) -> str:
+    """The message the last assistant turn answers (what a reader of sampled answers needs)."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return messages[last - 1]["content"] if last else ""

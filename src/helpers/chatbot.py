@@ -74,13 +74,8 @@ def system_prompt(run: Run) -> str | None:
 
 def load(run_dir: str | Path, base: bool = False) -> Bot:
     """The run's tuned (or base) model in eval mode, its tokenizer and the training system prompt."""
-    from transformers import AutoTokenizer
-
     run = chat_run(run_dir)
-    cfg = run.config()
-    folder = model_folder(run, base)
-    model = models.load_causal_lm(cfg, path=folder).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    model, tokenizer = models.load_saved(model_folder(run, base), run.config())
     return Bot(model_id(run, base), model, tokenizer, system_prompt(run))
 
 

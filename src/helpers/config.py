@@ -237,7 +237,7 @@ class SearchParams(Section):
     # e.g. {"tune.learning_rate": {type: float, low: 1e-5, high: 1e-3, log: true}}.
     space: dict[str, Any] = {}
     # What a trial is scored on: a key of the Trainer's eval logs. The best eval loss is
-    # the one score both tasks have; e.g. eval_f1_macro with maximize for classification.
+    # the one score both tasks have; e.g. eval_macro_f1 with maximize for classification.
     metric: str = "eval_loss"
     direction: Literal["minimize", "maximize"] = "minimize"
     # Stop a trial at an evaluation where it is worse than the median of earlier trials

@@ -1,6 +1,7 @@
 """Stage 04, classification with tune.cv_folds: k-fold cross-validation on the train split.
 
-Each fold trains with tune.fit on the other folds and is scored on its held-out rows; the k
+A driver of stage 04 (helpers.tune runs it after training). Each fold trains with
+training.fit on the other folds and is scored on its held-out rows; the k
 fold models, their probabilities averaged, are then compared with model/final on the test
 split. Writes model/folds/k/{final, fold.json}, tables/tune-cv-folds.csv and metrics["tune"]["cv"].
 A rerun reuses every fold whose fold.json exists.
@@ -15,11 +16,12 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from . import artifacts, data, evaluation, runs, tune
+from . import artifacts, data, inference, metrics, models, runs, training
 from .config import Config, ConfigError
 from .runs import Run
+from .tasks import classification
 
-STAGE = tune.STAGE  # part of stage 04: its table and metrics sit with the tuning's
+STAGE = "tune"  # part of stage 04: its table and metrics sit with the tuning's
 
 
 def cross_validate(run: Run, cfg: Config) -> dict[str, Any]:
@@ -51,26 +53,27 @@ def fit_fold(cfg: Config, train_rows: list[dict], val_rows: list[dict], folder: 
     done = folder / "fold.json"
     if done.is_file():
         return runs.read_json(done)
-    fitted = tune.fit(cfg, train_rows, val_rows, folder)
+    fitted = training.fit(cfg, train_rows, val_rows, folder)
     state = fitted.trainer.state
     best = state.best_global_step or state.global_step
-    tune.save_model(fitted, None, folder / "final")
+    training.save_model(fitted, None, folder / "final")
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # k full checkpoint sets would fill the disk
     scores = {"fold": fold, "train_rows": len(train_rows), "validation_rows": len(val_rows), "best_step": best,
-              **tune.best_eval(state.log_history, best)}
+              **training.best_eval(state.log_history, best)}
     runs.write_json(done, scores)
     return scores
 
 
 def saved_proba(folder: Path, cfg: Config, texts: list[str]) -> tuple[np.ndarray, list[str]]:
     """Class probabilities (N, labels) of the classifier saved in folder, and its label order."""
-    model, tok = evaluation.load_model(folder, cfg)
-    return (evaluation.predict_proba(model, tok, texts, cfg.model.max_length, cfg.evaluate.batch_size),
-            evaluation.model_labels(model))
+    model, tok = models.load_saved(folder, cfg)
+    return (inference.predict_proba(model, tok, texts, cfg.model.max_length, cfg.evaluate.batch_size),
+            inference.model_labels(model))
 
 
 def ensemble_scores(run: Run, cfg: Config, k: int) -> dict[str, Any]:
-    """Accuracy and macro F1 on the test split: the fold models' averaged probabilities vs model/final."""
+    """Accuracy, macro F1 and AUC on the test split (stage 05's function): the fold models' averaged
+    probabilities vs model/final."""
     test_file = run.data / "test.jsonl"
     test = data.read_jsonl(test_file) if test_file.is_file() else []
     final = run.model / "final"
@@ -83,6 +86,12 @@ def ensemble_scores(run: Run, cfg: Config, k: int) -> dict[str, Any]:
         raise ConfigError(f"tune.cv_folds: a fold model's labels differ from model/final's {labels} (a fold "
                           f"lacked a label); set data.labels so every model has the same outputs")
     ensemble = np.mean([p for p, _ in folds], axis=0)  # soft voting: (N, labels) probabilities averaged
-    y = evaluation.label_ids(test, labels)
-    return {"test_rows": len(test), "test_single": tune.classification_metrics((single, y)),
-            "test_ensemble": tune.classification_metrics((ensemble, y))}
+    y = classification.label_ids(test, labels)
+    return {"test_rows": len(test), "test_single": headline_scores(y, single),
+            "test_ensemble": headline_scores(y, ensemble)}
+
+
+def headline_scores(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """Accuracy, macro F1 and macro AUC of class probabilities, as stage 05 computes them."""
+    scores = metrics.classification_scores(y, probs)
+    return {k: scores[k] for k in ("accuracy", "macro_f1", "macro_auc")}

@@ -4,12 +4,14 @@
 (our default). These classes wrap the same libraries the hub metrics use (scikit-learn,
 sacreBLEU, rouge-score) and are instantiated directly:
 
-    clf = evaluate.combine([Accuracy(), MacroF1(), RocAuc()])
-    clf.compute(predictions=[0, 1], references=[0, 1], prediction_scores=[[.9, .1], [.2, .8]])
+    evaluate.combine([RougeL(), Bleu()]).compute(predictions=["a b"], references=["a c"])
+
+Classification scores are plain scikit-learn in one function, `classification_scores`, which
+the Trainer's evaluations, cross-validation and stage 05 share.
 
 The math lives in plain functions (tested by hand); the classes only declare the inputs.
 Every `_compute` accepts and ignores extra keyword inputs because `evaluate.combine` hands
-every module every input (RocAuc's `prediction_scores` reaches Accuracy too).
+every module every input.
 """
 from __future__ import annotations
 
@@ -37,48 +39,43 @@ def _info(description: str, features: dict[str, Any]) -> evaluate.MetricInfo:
                                features=datasets.Features(features))
 
 
-LABELS = {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
 TEXTS = {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
 
 
 # ---------------------------------------------------------------- classification
 
-class Accuracy(LocalMetric):
-    """Share of predictions equal to the reference label."""
+def classification_scores(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """Accuracy, macro F1 / precision / recall, macro and micro AUC, ECE of one model's class probabilities.
 
-    def _info(self) -> evaluate.MetricInfo:
-        return _info("accuracy: share of exact label matches, 0..1", LABELS)
+    The one function for classification scores: the Trainer's evaluations, cross-validation
+    and stage 05 all call it. y: (N,) label ids; probs: (N, C).
+    """
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-    def _compute(self, predictions: list[int], references: list[int], **_: Any) -> dict[str, float]:
-        from sklearn.metrics import accuracy_score
-
-        return {"accuracy": float(accuracy_score(references, predictions))}
-
-
-class MacroF1(LocalMetric):
-    """F1 (and precision, recall) per class, averaged with equal weight per class."""
-
-    def _info(self) -> evaluate.MetricInfo:
-        return _info("macro precision / recall / F1: per-class scores averaged unweighted, 0..1", LABELS)
-
-    def _compute(self, predictions: list[int], references: list[int], **_: Any) -> dict[str, float]:
-        from sklearn.metrics import precision_recall_fscore_support
-
-        # zero_division=0: a class never predicted scores 0 precision rather than a warning and NaN.
-        p, r, f, _s = precision_recall_fscore_support(references, predictions, average="macro", zero_division=0)
-        return {"macro_f1": float(f), "macro_precision": float(p), "macro_recall": float(r)}
+    y, probs = np.asarray(y), np.asarray(probs)
+    pred = probs.argmax(1)
+    # zero_division=0: a class never predicted scores 0 precision rather than a warning and NaN.
+    p, r, f, _ = precision_recall_fscore_support(y, pred, average="macro", zero_division=0)
+    auc = roc_auc(y, probs)
+    return {"accuracy": float(accuracy_score(y, pred)), "macro_f1": float(f), "macro_precision": float(p),
+            "macro_recall": float(r), "macro_auc": auc["macro_auc"], "micro_auc": auc["micro_auc"],
+            "ece": expected_calibration_error((pred == y).astype(float), probs.max(1))}
 
 
-class RocAuc(LocalMetric):
-    """Area under the ROC curve, one class against the rest: per class, macro and micro."""
+def balanced_class_weights(labels: list[str]) -> dict[str, float]:
+    """'Balanced' class weights n / (k * n_label) of a list of labels (4 decimals), for a weighted loss."""
+    from sklearn.utils.class_weight import compute_class_weight
 
-    def _info(self) -> evaluate.MetricInfo:
-        return _info("ROC AUC from class probabilities (N, C) and integer labels, 0..1; 0.5 = chance",
-                     {"prediction_scores": datasets.Sequence(datasets.Value("float64")),
-                      "references": datasets.Value("int64")})
+    classes = sorted(set(labels))
+    weights = compute_class_weight("balanced", classes=np.array(classes), y=labels)
+    return {l: round(float(w), 4) for l, w in zip(classes, weights)}
 
-    def _compute(self, prediction_scores: list[list[float]], references: list[int], **_: Any) -> dict[str, Any]:
-        return roc_auc(np.asarray(references), np.asarray(prediction_scores))
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, C) scores, computed stably."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
 
 
 def roc_auc(references: np.ndarray, scores: np.ndarray) -> dict[str, Any]:

@@ -5,7 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
-from . import paths
+from . import paths, precision
 from .config import Config, ConfigError
 
 # Bundled base models: alias -> (distribution, folder inside it, gguf file or None).
@@ -96,30 +96,19 @@ def _friendly(name: str, err: Exception) -> ConfigError:
     )
 
 
-def load_tokenizer(cfg: Config):
-    """The tokenizer of the configured model (with a pad token, padding on the right)."""
+def load_tokenizer(cfg: Config, path: str | Path | None = None):
+    """The tokenizer of the configured model, or of a saved folder (with a pad token, padding on the right)."""
     from transformers import AutoTokenizer
 
-    name = model_name(cfg)
+    name = str(path) if path else model_name(cfg)
     try:
-        tok = AutoTokenizer.from_pretrained(resolve(name), trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(resolve(name) if path is None else path, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise _friendly(name, e) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
     return tok
-
-
-def torch_dtype(cfg: Config):
-    """The dtype to load weights in: fp32 on CPU (autocast does bf16), bf16 on a bf16 GPU."""
-    import torch
-
-    if cfg.model.dtype != "auto":
-        return getattr(torch, cfg.model.dtype)
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
 
 
 def load_causal_lm(cfg: Config, path: str | Path | None = None, dtype=None):
@@ -129,7 +118,7 @@ def load_causal_lm(cfg: Config, path: str | Path | None = None, dtype=None):
     name = str(path) if path else model_name(cfg)
     try:
         return AutoModelForCausalLM.from_pretrained(
-            resolve(name) if path is None else path, dtype=dtype or torch_dtype(cfg),
+            resolve(name) if path is None else path, dtype=dtype or precision.weights_dtype(cfg),
             use_safetensors=True, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise _friendly(name, e) from None
@@ -144,6 +133,28 @@ def load_classifier(cfg: Config, labels: list[str], path: str | Path | None = No
         return AutoModelForSequenceClassification.from_pretrained(
             resolve(name) if path is None else path, num_labels=len(labels),
             id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
-            dtype=torch_dtype(cfg), use_safetensors=True, trust_remote_code=False)
+            dtype=precision.weights_dtype(cfg), use_safetensors=True, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise _friendly(name, e) from None
+
+
+def load_saved(folder: str | Path, cfg: Config) -> tuple:
+    """A model saved by a run (model/final, a fold, an export) for cfg's task, and its tokenizer, in eval mode.
+
+    The one loader of tuned models: stage 05, cross-validation, predict, serving and export
+    go through it, so they all get the same dtype, pad token and device.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    auto = AutoModelForCausalLM if cfg.experiment.task == "chat" else AutoModelForSequenceClassification
+    model = auto.from_pretrained(folder, dtype=precision.weights_dtype(cfg), use_safetensors=True,
+                                 trust_remote_code=False)
+    tok = load_tokenizer(cfg, folder)
+    return ready(model), tok
+
+
+def ready(model):
+    """The model in eval mode, on the GPU when there is one (scoring needs no gradients)."""
+    import torch
+
+    return model.eval().to("cuda") if torch.cuda.is_available() else model.eval()

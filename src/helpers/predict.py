@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, evaluation
+from . import data, evaluation, evaluation_classification, inference
 from .runs import Run
 
 
@@ -33,10 +33,10 @@ def output_paths(run: Run, input_path: Path, output: Path | None = None) -> tupl
 
 
 def probabilities(model, tokenizer, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
-    """evaluation.predict_proba over the texts in batches, with a progress bar, (N, C)."""
+    """inference.predict_proba over the texts in batches, with a progress bar, (N, C)."""
     from tqdm.auto import tqdm
 
-    parts = [evaluation.predict_proba(model, tokenizer, texts[i:i + batch_size], max_length, batch_size)
+    parts = [inference.predict_proba(model, tokenizer, texts[i:i + batch_size], max_length, batch_size)
              for i in tqdm(range(0, len(texts), batch_size), desc="labelling", unit="batch")]
     return np.concatenate(parts) if parts else np.zeros((0, model.config.num_labels))
 
@@ -67,10 +67,10 @@ def predict_file(run: Run, input_path: Path, output: Path | None = None,
     loaded = data.load_file(input_path, reading, labelled=False)
     out, problems = output_paths(run, input_path, output)
     model, tok = evaluation.load_tuned(run, cfg)
-    labels = evaluation.model_labels(model)
+    labels = inference.model_labels(model)
     texts = [r["text"] for r in loaded.rows]
     probs = probabilities(model, tok, texts, cfg.model.max_length, batch_size or cfg.evaluate.batch_size)
-    rows = evaluation.prediction_rows(loaded.rows, {"tuned": probs}, labels)
+    rows = evaluation_classification.prediction_rows(loaded.rows, {"tuned": probs}, labels)
     if not any(r["label"] for r in rows):  # new, unlabelled texts: no empty label column
         for r in rows:
             del r["label"]

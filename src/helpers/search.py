@@ -1,4 +1,4 @@
-"""Hyperparameter search: an Optuna study over any params keys, each trial a short tune.fit.
+"""Hyperparameter search: an Optuna study over any params keys, each trial a short training.fit.
 
 `search.space` maps dotted params keys to Optuna distributions:
 
@@ -38,7 +38,7 @@ from matplotlib.ticker import MaxNLocator
 from optuna.trial import TrialState
 from transformers import TrainerCallback
 
-from . import artifacts, data, plots, runs, tune
+from . import artifacts, data, plots, runs, training
 from .config import Config, ConfigError, apply_overrides, to_yaml
 from .runs import Run
 
@@ -250,8 +250,8 @@ def objective(trial: optuna.Trial, run: Run, cfg: Config, space: dict[str, dict[
     out = run.model / "search" / f"trial-{trial.number}"
     print(f"trial {trial.number}: {params}", flush=True)
     try:
-        fitted = tune.fit(trial_cfg, train_rows, val_rows, out, resume=False,
-                          callbacks=[PruningCallback(trial, cfg.search.metric)])
+        fitted = training.fit(trial_cfg, train_rows, val_rows, out, resume=False,
+                              callbacks=[PruningCallback(trial, cfg.search.metric)])
         history = fitted.trainer.state.log_history
         runs.write_json(out / "log_history.json", history)
         return trial_score(history, cfg.search.metric, cfg.search.direction)
@@ -331,12 +331,12 @@ def run_trials(run: Run, cfg: Config, study: optuna.Study, space: dict[str, dict
 def run_search(run: Run, cfg: Config) -> optuna.Study:
     """Run (or continue) the study to search.n_trials finished trials, then write its report."""
     space = parse_space(cfg)
-    train_rows, val_rows = tune.load_splits(run)
+    train_rows, val_rows = training.load_splits(run)
     if not val_rows:
         raise ConfigError("search: trials are scored on validation rows, and this run has none "
                           "(data.split.validation is 0)")
     study = open_study(run, cfg, space)
-    if tune.world_size() > 1:
+    if training.world_size() > 1:
         remaining = cfg.search.n_trials - sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
         if remaining > 0:
             raise ConfigError(
@@ -346,7 +346,7 @@ def run_search(run: Run, cfg: Config) -> optuna.Study:
                 f"processes read the finished study and train its best settings")
     else:
         run_trials(run, cfg, study, space, train_rows, val_rows)
-    if tune.is_main_process():  # under accelerate launch, one process writes
+    if training.is_main_process():  # under accelerate launch, one process writes
         report(run, cfg, study)
     return study
 
@@ -465,7 +465,7 @@ def write_best(run: Run, best: Config) -> Path:
 def apply_best(run: Run, cfg: Config, study: optuna.Study) -> Config:
     """The best trial's config, written as search-best.yaml and as the run's config.yaml; 04 trains with it."""
     best = best_config(cfg, study)
-    if tune.is_main_process():  # under accelerate launch, one process writes
+    if training.is_main_process():  # under accelerate launch, one process writes
         write_best(run, best)
         # config.yaml says what ran: stages 05 and 06 (and a rerun of 04) read it. It keeps the
         # run's experiment name, so a rerun with --search joins this study rather than a new one.
@@ -495,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.storage:
             cfg = apply_overrides(cfg, {"search.storage": args.storage})
         space = parse_space(cfg)
-        train_rows, val_rows = tune.load_splits(run)
+        train_rows, val_rows = training.load_splits(run)
         if not val_rows:
             raise ConfigError("search: trials are scored on validation rows, and this run has none")
         study = open_study(run, cfg, space)

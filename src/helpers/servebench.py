@@ -8,7 +8,7 @@ process group; each client is a thread with the official `openai` client that se
 the prompts one after another (greedy, the same max_tokens), so every load level answers the same
 number of requests, and a bounded number. Per level: requests/s, p50 and p95 latency, generated
 tokens/s (the server's own completion-token counts). The in-process row runs
-`evaluation.generate` (left-padded batches, KV cache) on the same prompts; its latency is each
+`inference.generate` (left-padded batches, KV cache) on the same prompts; its latency is each
 batch's wall time, which every request in the batch waits for. The server is always stopped.
 """
 from __future__ import annotations
@@ -65,11 +65,11 @@ def client_load(base_url: str, model: str, conversations: list[list[dict]], clie
 
 
 def in_process(folder: str | Path, rows: list[dict], max_new_tokens: int, batch_size: int) -> dict[str, Any]:
-    """evaluation.generate on the same prompts, batched: the throughput without HTTP or a queue."""
+    """inference.generate on the same prompts, batched: the throughput without HTTP or a queue."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .evaluation import generate
+    from .inference import generate
 
     tok = AutoTokenizer.from_pretrained(folder)
     if tok.pad_token is None:
