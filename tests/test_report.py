@@ -54,7 +54,8 @@ def test_report_is_one_self_contained_escaped_page(chat_run):
 
 def test_report_shows_manifest_params_diff_and_timings(chat_run):
     page = report.render_run(chat_run).read_text()
-    assert "data.source" in page and "&quot;support&quot;" in page and "&quot;chatterbot&quot;" in page
+    # The changed values as JSON, their quotes escaped (Jinja's autoescape writes " as &#34;).
+    assert "data.source" in page and "&#34;support&#34;" in page and "&#34;chatterbot&#34;" in page
     assert "git commit" in page and "transformers" in page
     assert "04-tune-model" in page and "12.5" in page
     assert "Training <span class=\"muted\">(12.5 s, ok)</span>" in page
