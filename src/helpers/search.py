@@ -376,7 +376,7 @@ def history_figure(study: optuna.Study, metric: str):
 
 
 def importance_figure(study: optuna.Study, seed: int = 0):
-    """Optuna's importance plot (fANOVA), or None with too few finished trials or nothing that varied."""
+    """Optuna's importance plot (fANOVA), or None below two finished trials or where fANOVA cannot rank."""
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if len(done) < 2 or not study.best_params:
         return None
