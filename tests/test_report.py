@@ -71,6 +71,16 @@ def test_headline_cards_by_hand():
     assert report.headline({}) == []
 
 
+def test_headline_table_is_plain_text_for_notebook_06():
+    table = report.headline_table({"evaluate": CHAT_METRICS}).set_index("figure")
+    assert list(table.loc["perplexity base → tuned", ["value", "change"]]) == ["22 → 11", "better"]
+    assert list(table.loc["ROUGE-L base → tuned", ["value", "change"]]) == ["0.1 → 0.3", "better"]
+    assert not table.map(lambda v: "<" in v).any().any()  # no markup for a notebook to print
+    cls = report.headline_table({"evaluate": CLS_METRICS}).set_index("figure")
+    assert list(cls.loc["accuracy", ["value", "change"]]) == ["0.8", ""]
+    assert report.headline_table({}).empty
+
+
 def test_fmt_reads_well():
     assert [report.fmt(v) for v in (3.0, 0.81234, 2e-4, float("nan"), None, "x")] == ["3", "0.812", "0.0002", "", "", "x"]
 
@@ -184,3 +194,33 @@ def test_use_this_model_for_a_classifier_is_predict(reports):
     use = report.use_html(run, run.config())
     assert "make predict " in use and "INPUT=new.csv" in use and "make serve" not in use
     assert "text-classification" in use and "OpenAI" not in use
+
+
+EVIL = "<script>alert(1)</script>"
+
+
+def test_hostile_text_anywhere_comes_out_escaped(reports):
+    # User text reaches the pages through notes, table cells, column names, captions, empty
+    # reasons, the report title, a stage's error and the index: none of it may become markup.
+    run = make_run("params/smoke.yaml", CHAT_METRICS, {"report.title": EVIL})
+    fig, ax = plots.plt.subplots()
+    ax.plot([0, 1])
+    artifacts.figure(run, "explore", "hostile-figure", fig, f'caption {EVIL} "quoted"')
+    artifacts.table(run, "explore", "hostile", pd.DataFrame({EVIL: [EVIL, "<img src=x onerror=alert(2)>"]}), EVIL)
+    artifacts.table(run, "explore", "hostile-empty", pd.DataFrame(), "empty", empty=EVIL)
+    artifacts.note(run, "explore", "hostile-note", f"A user wrote {EVIL} and <img src=x onerror=alert(3)>.")
+    runs.record_stage(run, "02-clean-data", status="failed", error=EVIL)
+    runs.record_metrics(run, "explore", {"example": EVIL})
+    page = report.render_run(run).read_text()
+    assert "<script" not in page and "<img src=x" not in page
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert page.count(escaped) >= 10  # title x2, figure alt and caption, column, cell, caption, empty, note, error, metric
+    assert f"<title>{escaped}: tunebook report</title>" in page and f"<h1>{escaped}</h1>" in page
+    assert f'alt="caption {escaped} &#34;quoted&#34;"' in page  # inside an attribute too
+    assert f'<p class="muted">({escaped})</p>' in page and f'<td class="">{escaped}</td>' in page
+    assert f'<th class="">{escaped}</th>' in page and "&lt;img src=x onerror=alert(3)&gt;" in page
+    index = report.write_index(reports).read_text()
+    rows = index[index.index("<tbody>"):index.index("</tbody>")]
+    assert "<script" not in rows and f"report.title: &#34;{escaped}&#34;" in rows
+    data = re.search(r'<script type="application/json" id="runs-data">(.*?)</script>', index, re.S).group(1)
+    assert "</script" not in data and json.loads(data)[0]["compare"]["param: report.title"] == EVIL
