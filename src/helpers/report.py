@@ -294,13 +294,6 @@ def run_summary(folder: Path) -> dict[str, Any]:
                         **{f"param: {k}": v for k, v in (flatten(cfg.model_dump(mode="json")) if cfg else {}).items()}}}
 
 
-INDEX_COLUMNS = [("run", "Run", False), ("experiment", "Experiment", False), ("task", "Task", False),
-                 ("created", "Created", False), ("perplexity_base", "Perplexity base", True),
-                 ("perplexity_tuned", "Perplexity tuned", True), ("perplexity_change_pct", "Δ perplexity %", True),
-                 ("accuracy", "Accuracy", True), ("macro_f1", "Macro F1", True), ("macro_auc", "Macro AUC", True),
-                 ("baseline", "Baseline acc / F1", True), ("changed", "Changed from defaults", False)]
-
-
 def index_row(s: dict[str, Any]) -> dict[str, Any]:
     """One run as the index shows it: text cells, numbers with their raw value for sorting, changes."""
     m = s["metrics"]
@@ -339,7 +332,7 @@ def write_index(reports_dir: Path | str | None = None) -> Path:
     summaries = _group_sweeps(sorted((run_summary(p.parent) for p in reports_dir.glob("*/config.yaml")),
                                      key=lambda s: (s["created"], s["run"]), reverse=True))
     html = TEMPLATES.get_template("index.html.j2").render(
-        folder=reports_dir, columns=INDEX_COLUMNS, rows=[index_row(s) for s in summaries],
+        folder=reports_dir, rows=[index_row(s) for s in summaries],
         data=[{"run": s["run"], "compare": s["compare"]} for s in summaries])
     path = reports_dir / "index.html"
     write_text(path, html)
