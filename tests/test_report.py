@@ -54,7 +54,8 @@ def test_report_is_one_self_contained_escaped_page(chat_run):
 
 def test_report_shows_manifest_params_diff_and_timings(chat_run):
     page = report.render_run(chat_run).read_text()
-    assert "data.source" in page and "&quot;support&quot;" in page and "&quot;chatterbot&quot;" in page
+    # The changed values as JSON, their quotes escaped (Jinja's autoescape writes " as &#34;).
+    assert "data.source" in page and "&#34;support&#34;" in page and "&#34;chatterbot&#34;" in page
     assert "git commit" in page and "transformers" in page
     assert "04-tune-model" in page and "12.5" in page
     assert "Training <span class=\"muted\">(12.5 s, ok)</span>" in page
@@ -68,6 +69,16 @@ def test_headline_cards_by_hand():
     cls = dict((k, (v, d)) for k, v, d in report.headline({"evaluate": CLS_METRICS}))
     assert cls["accuracy"] == ("0.8", "95% CI 0.700 – 0.900; baseline 0.6")
     assert report.headline({}) == []
+
+
+def test_headline_table_is_plain_text_for_notebook_06():
+    table = report.headline_table({"evaluate": CHAT_METRICS}).set_index("figure")
+    assert list(table.loc["perplexity base → tuned", ["value", "change"]]) == ["22 → 11", "better"]
+    assert list(table.loc["ROUGE-L base → tuned", ["value", "change"]]) == ["0.1 → 0.3", "better"]
+    assert not table.map(lambda v: "<" in v).any().any()  # no markup for a notebook to print
+    cls = report.headline_table({"evaluate": CLS_METRICS}).set_index("figure")
+    assert list(cls.loc["accuracy", ["value", "change"]]) == ["0.8", ""]
+    assert report.headline_table({}).empty
 
 
 def test_fmt_reads_well():
@@ -183,3 +194,33 @@ def test_use_this_model_for_a_classifier_is_predict(reports):
     use = report.use_html(run, run.config())
     assert "make predict " in use and "INPUT=new.csv" in use and "make serve" not in use
     assert "text-classification" in use and "OpenAI" not in use
+
+
+EVIL = "<script>alert(1)</script>"
+
+
+def test_hostile_text_anywhere_comes_out_escaped(reports):
+    # User text reaches the pages through notes, table cells, column names, captions, empty
+    # reasons, the report title, a stage's error and the index: none of it may become markup.
+    run = make_run("params/smoke.yaml", CHAT_METRICS, {"report.title": EVIL})
+    fig, ax = plots.plt.subplots()
+    ax.plot([0, 1])
+    artifacts.figure(run, "explore", "hostile-figure", fig, f'caption {EVIL} "quoted"')
+    artifacts.table(run, "explore", "hostile", pd.DataFrame({EVIL: [EVIL, "<img src=x onerror=alert(2)>"]}), EVIL)
+    artifacts.table(run, "explore", "hostile-empty", pd.DataFrame(), "empty", empty=EVIL)
+    artifacts.note(run, "explore", "hostile-note", f"A user wrote {EVIL} and <img src=x onerror=alert(3)>.")
+    runs.record_stage(run, "02-clean-data", status="failed", error=EVIL)
+    runs.record_metrics(run, "explore", {"example": EVIL})
+    page = report.render_run(run).read_text()
+    assert "<script" not in page and "<img src=x" not in page
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert page.count(escaped) >= 10  # title x2, figure alt and caption, column, cell, caption, empty, note, error, metric
+    assert f"<title>{escaped}: tunebook report</title>" in page and f"<h1>{escaped}</h1>" in page
+    assert f'alt="caption {escaped} &#34;quoted&#34;"' in page  # inside an attribute too
+    assert f'<p class="muted">({escaped})</p>' in page and f'<td class="">{escaped}</td>' in page
+    assert f'<th class="">{escaped}</th>' in page and "&lt;img src=x onerror=alert(3)&gt;" in page
+    index = report.write_index(reports).read_text()
+    rows = index[index.index("<tbody>"):index.index("</tbody>")]
+    assert "<script" not in rows and f"report.title: &#34;{escaped}&#34;" in rows
+    data = re.search(r'<script type="application/json" id="runs-data">(.*?)</script>', index, re.S).group(1)
+    assert "</script" not in data and json.loads(data)[0]["compare"]["param: report.title"] == EVIL

@@ -113,6 +113,31 @@ def test_trial_score_ignores_step_0():
     assert search.trial_score(history, "eval_loss", "maximize") == 0.9
 
 
+def test_optuna_plots_keep_the_house_style_and_skip_importance_with_one_trial():
+    import matplotlib
+
+    def objective(trial):
+        x = trial.suggest_float("x", 0, 1)
+        if trial.number == 2:
+            trial.report(5.0, 1)
+            raise optuna.TrialPruned()
+        return x + trial.suggest_categorical("y", [1, 2])
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(objective, n_trials=5)
+    style = dict(matplotlib.rcParams)
+    ax = search.history_figure(study, "eval_loss").axes[0]
+    assert ax.get_ylabel() == "eval_loss" and "pruned (last reported value)" in ax.get_legend_handles_labels()[1]
+    importance = search.importance_figure(study, seed=0)
+    bars = sorted(t.get_text() for t in importance.axes[0].get_yticklabels())
+    assert bars == ["x", "y"]
+    assert dict(matplotlib.rcParams) == style  # Optuna's ggplot style stayed inside its plots
+    matplotlib.pyplot.close("all")
+    one = optuna.create_study()
+    one.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    assert search.importance_figure(one) is None  # importance needs two finished trials
+
+
 def test_search_writes_trials_figures_a_best_yaml_and_the_runs_config(tmp_path, monkeypatch):
     monkeypatch.delenv(search.WORKER_ENV, raising=False)
     tweets = data.load(load_config(SMOKE_SENTIMENT)).rows
@@ -131,7 +156,7 @@ def test_search_writes_trials_figures_a_best_yaml_and_the_runs_config(tmp_path, 
     assert len(tried) == 2 and len(set(tried)) == 2 and set(tried) < set(grid)  # 2 grid points, no repeat
     table = search.trials_table(study)
     assert list(table["number"]) == [0, 1] and "tune.learning_rate" in table
-    assert (run.figures / "search-history.png").is_file()
+    assert (run.figures / "search-history.png").is_file() and (run.figures / "search-importance.png").is_file()
     assert (run.dir / "tables" / "search-trials.csv").is_file()
     assert runs.read_json(run.metrics_file)["search"]["best_value"] == study.best_value
     for trial in (0, 1):  # each trial's log is kept, its checkpoints are not

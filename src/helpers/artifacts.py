@@ -28,8 +28,13 @@ def _register(run: Run, entry: dict[str, Any]) -> None:
 
 
 def figure(run: Run, stage: str, name: str, fig, caption: str = "") -> Path:
-    """Save a matplotlib figure as figures/<stage>-<name>.png and register it for the report."""
+    """Save a matplotlib figure as figures/<stage>-<name>.png, register it for the report, close it.
+
+    Closed, so the inline backend does not show it a second time beside the saved PNG
+    (display(fig) still draws it) and a command line never piles up open figures.
+    """
     path = plots.save(fig, run.figures, f"{stage}-{name}")
+    plots.plt.close(fig)
     _register(run, {"stage": stage, "name": name, "kind": "figure", "path": str(path.relative_to(run.dir)),
                      "caption": caption})
     return path

@@ -1,13 +1,15 @@
-"""One plotting style for every figure, and saving figures into the run folder."""
+"""One plotting style for every figure, and saving figures into the run folder.
+
+The backend is matplotlib's own choice: inline in JupyterLab and under Papermill (ipykernel
+sets it), Agg on a machine without a display (tests, CI, the command lines), or whatever
+MPLBACKEND names.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: papermill and CI have no display
-import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import seaborn as sns
 
 PAGE_WIDTH = 7.5  # inches: a figure at this width fits a printed page
 

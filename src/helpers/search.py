@@ -29,6 +29,7 @@ import sys
 import time
 import warnings
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -362,41 +363,38 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
 
 
 def history_figure(study: optuna.Study, metric: str):
-    """Each trial's score (pruned trials at their last report) and the best so far."""
-    fig, ax = plots.plt.subplots()
-    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    """Optuna's history plot (each finished trial and the best so far), pruned trials at their last report."""
+    with _optuna_plot():
+        ax = optuna.visualization.matplotlib.plot_optimization_history(study, target_name=metric)
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED and t.intermediate_values]
-    ax.scatter([t.number for t in done], [t.value for t in done], label="finished trial", zorder=3)
     if pruned:
         ax.scatter([t.number for t in pruned], [list(t.intermediate_values.values())[-1] for t in pruned],
                    marker="x", color="C3", label="pruned (last reported value)", zorder=3)
-    best, line = None, []
-    better = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
-    for t in sorted(done, key=lambda t: t.number):
-        best = t.value if best is None else better(best, t.value)
-        line.append((t.number, best))
-    if line:
-        ax.step(*zip(*line), where="post", color="grey", label="best so far")
-    ax.set(xlabel="trial", ylabel=metric, title="Search history")
+        ax.legend()
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are whole numbers
-    ax.legend()
-    return fig
+    return ax.figure
 
 
-def importance_figure(study: optuna.Study):
-    """How much each searched key explained the score (fANOVA), or None with too few trials."""
+def importance_figure(study: optuna.Study, seed: int = 0):
+    """Optuna's importance plot (fANOVA), or None below two finished trials or where fANOVA cannot rank."""
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if len(done) < 2 or not study.best_params:
         return None
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
     try:
-        importances = optuna.importance.get_param_importances(study)
+        optuna.importance.get_param_importances(study, evaluator=evaluator)
     except (RuntimeError, ValueError):  # e.g. every trial drew the same values
         return None
-    fig, ax = plots.plt.subplots(figsize=(plots.PAGE_WIDTH, 0.5 + 0.4 * len(importances)))
-    keys = list(importances)[::-1]
-    ax.barh(keys, [importances[k] for k in keys])
-    ax.set(xlabel="share of the score's variance explained", title="Which settings mattered")
-    return fig
+    with _optuna_plot():
+        return optuna.visualization.matplotlib.plot_param_importances(study, evaluator=evaluator).figure
+
+
+@contextmanager
+def _optuna_plot():
+    """Around Optuna's plots: its ggplot style stays inside, its 'experimental' warning is not shown."""
+    with plots.plt.rc_context(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
 
 
 def report(run: Run, cfg: Config, study: optuna.Study) -> dict[str, Any]:
@@ -408,7 +406,7 @@ def report(run: Run, cfg: Config, study: optuna.Study) -> dict[str, Any]:
     artifacts.figure(run, STAGE, "history", fig,
                      "Each trial's score and the best so far: a flat line means more trials found nothing better.")
     plots.plt.close(fig)
-    fig = importance_figure(study)
+    fig = importance_figure(study, cfg.experiment.seed)
     if fig is not None:
         artifacts.figure(run, STAGE, "importance", fig, "Importance of each searched key (fANOVA); with few "
                          "trials this is a hint, not a finding.")

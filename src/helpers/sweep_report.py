@@ -19,13 +19,12 @@ import numpy as np
 import pandas as pd
 
 from . import metrics, plots
-from .report import CSS, fmt
+from .report import TEMPLATES, fmt
 from .runs import Run, read_json
 
 if TYPE_CHECKING:
     from .sweep import Plan, Variant
 
-TEMPLATES = Path(__file__).parent / "templates"
 # (metrics.json key, its interval key, column title, lower is better)
 CHAT_METRICS = [("perplexity_base", "perplexity_base_ci", "perplexity base", True),
                 ("perplexity_tuned", "perplexity_tuned_ci", "perplexity tuned", True),
@@ -230,7 +229,6 @@ def metric_figure(rows: list[dict[str, Any]], grid: dict[str, list]):
 
 def write_page(p: "Plan", rows: list[dict[str, Any]]) -> Path:
     """Write table.csv, figures/metric.png and sweep.html into the sweep's folder; returns the page."""
-    import jinja2
     import matplotlib.pyplot as plt
 
     table = display_table(rows, p.grid)
@@ -242,11 +240,9 @@ def write_page(p: "Plan", rows: list[dict[str, Any]]) -> Path:
         plt.close(fig)
         image = base64.b64encode(png.read_bytes()).decode("ascii")
     notes = [f"#{r['index'] + 1}: {r['note']}" for r in rows if r["note"]]
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                             undefined=jinja2.StrictUndefined)
     numeric = {c for c in table.columns if "CI" in c}
-    html = env.get_template("sweep.html.j2").render(
-        css=CSS, plan=p, grid=p.grid, columns=list(table.columns), numeric=numeric,
+    html = TEMPLATES.get_template("sweep.html.j2").render(
+        plan=p, grid=p.grid, columns=list(table.columns), numeric=numeric,
         rows=table.to_dict("records"), runs=[r["run"] for r in rows], notes=notes, image=image,
         task=rows[0]["task"] if rows else "", plotted=PLOTTED.get(rows[0]["task"], "") if rows else "",
         resamples=p.variants[0].config.evaluate.bootstrap_resamples if p.variants else None)
