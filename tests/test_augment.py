@@ -5,7 +5,7 @@ from typing import get_args
 
 import pytest
 
-from helpers import augment, clean, config, data, models
+from helpers import augment, config, data, models
 from helpers.config import ConfigError
 
 TEXT = "@united My flight was delayed again and the crew was rude. Please refund <EMAIL> now!"
@@ -16,10 +16,10 @@ def cfg_with(**over):
 
 
 @pytest.fixture(scope="module")
-def support():
+def support(clean_02):
     """The 40 support chats, cleaned and split as 02 does (no tokenizer: no length filter)."""
     cfg = cfg_with(**{"clean.max_tokens": 10_000})
-    splits, _ = clean.clean_all(data.load(cfg).rows, cfg, models.load_tokenizer(cfg))
+    splits, _ = clean_02(data.load(cfg).rows, cfg, models.load_tokenizer(cfg))
     return splits
 
 

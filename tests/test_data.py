@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from helpers import data
+from helpers import data, schema
 from helpers.config import load_config
-from helpers.data import DataError
+from helpers.schema import DataError
 
 
 def cfg_for(source, task="chat", **extra):
@@ -84,7 +84,7 @@ def test_bundled_chatterbot_pairs_keep_topic():
 
 def test_bundled_airline_counts():
     out = data.load(cfg_for("airline", "classification"))
-    assert len(out.rows) == 14638 and data.labels_of(out.rows) == ["negative", "neutral", "positive"]
+    assert len(out.rows) == 14638 and schema.labels_of(out.rows) == ["negative", "neutral", "positive"]
     assert all(data.AIRLINE_HANDLES.search(r["text"]) for r in out.rows[:200])
 
 

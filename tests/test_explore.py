@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from helpers import chat, config, data, explore, models
+from helpers import chat, config, data, explore, models, schema
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +43,18 @@ def test_row_warnings_name_each_finding():
             {"id": "c:3", "source": "c:3", "topic": "", "messages": [
                 {"role": "user", "content": "Hi"}, {"role": "user", "content": "Hello?"},
                 {"role": "assistant", "content": "Hi!"}]}]
-    found = explore.row_warnings(rows)
+    found = explore.row_warnings(rows, "chat")
     assert found[["source", "check"]].values.tolist() == [
         ["c:0", "replacement_char"], ["c:1", "tiny_turn"], ["c:2", "echo"], ["c:3", "same_role_twice"]]
     labels = [{"id": str(i), "source": str(i), "text": "t", "label": l} for i, l in enumerate(["positive", "Positive"])]
-    assert explore.row_warnings(labels)["check"].tolist() == ["label_variant", "label_variant"]
+    assert explore.row_warnings(labels, "classification")["check"].tolist() == ["label_variant", "label_variant"]
     assert explore.warning_metrics(found) == {"warnings": {"replacement_char": 1, "tiny_turn": 1, "echo": 1,
                                                            "same_role_twice": 1}}
 
 
 def test_token_lengths_use_the_chat_template_and_count_loss_tokens(tok):
     rows = [chat_row(0, "Hi", "Hello!"), chat_row(1, "Tell me a story. " * 10, "Once upon a time.")]
-    lengths = explore.token_lengths(rows, tok)
+    lengths = explore.token_lengths(rows, tok, "chat")
     enc = [chat.encode(tok, r["messages"], 10_000) for r in rows]
     assert lengths["tokens"].tolist() == [len(e.input_ids) for e in enc]
     assert lengths["loss_tokens"].tolist() == [e.n_loss_tokens for e in enc]
@@ -74,10 +74,10 @@ def test_epoch_tokens_cap_at_max_length_and_scale_by_train_share():
 
 def test_render_example_brackets_the_answer_and_fails_on_an_empty_mask(tok):
     row = chat_row(0, "Capital of France?", "Paris.")
-    shown = explore.render_example(tok, row, 64)
+    shown = explore.render_example(tok, row, 64, "chat")
     assert "[[Paris." in shown and "Capital of France?" in shown.split("[[")[0]
     with pytest.raises(ValueError, match="no token carries the loss"):
-        explore.render_example(tok, chat_row(1, "word " * 100, "Paris."), 64)
+        explore.render_example(tok, chat_row(1, "word " * 100, "Paris."), 64, "chat")
 
 
 def test_pick_example_prefers_one_that_fits():
@@ -97,7 +97,7 @@ def test_ngrams_drop_stop_words_keep_negations_and_handles():
 def test_group_views_by_label():
     rows = [{"id": str(i), "source": str(i), "text": t, "label": l} for i, (t, l) in enumerate(
         [("late flight again", "neg"), ("late bags", "neg"), ("great crew", "pos")])]
-    assert explore.group_key(rows) == "label" and explore.top_groups(rows, 1) == ["neg"]
+    assert schema.group_key(rows) == "label" and explore.top_groups(rows, 1) == ["neg"]
     sizes = explore.group_sizes(rows, "label")
     assert sizes.values.tolist() == [["neg", 2, 0.667], ["pos", 1, 0.333]]
     assert explore.group_metrics(sizes, "label") == {"rows_per_label": {"neg": 2, "pos": 1}}

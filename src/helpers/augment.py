@@ -20,8 +20,10 @@ from typing import get_args
 
 import pandas as pd
 
-from . import chat, clean, paths
+from . import chat, paths
 from .config import AugmentOp, Config, ConfigError
+from .schema import INPUT_ROLES, row_texts, with_text
+from .textrules import PLACEHOLDER_RE, stop_words
 
 WORD_OPS = ["synonym", "swap", "delete", "insert"]  # EDA (Wei & Zou, 2019)
 OPS = list(get_args(AugmentOp))  # one list of names: the config rejects any other op up front
@@ -97,7 +99,7 @@ def _split(text: str) -> list[str]:
 def _editable(word: str) -> bool:
     """A plain word: not a placeholder, @handle, link, email or number (those must stay exact)."""
     core = word.strip(".,!?;:\"'()[]")
-    return bool(core) and core.isalpha() and not clean.PLACEHOLDER_RE.search(word)
+    return bool(core) and core.isalpha() and not PLACEHOLDER_RE.search(word)
 
 
 def _core(word: str) -> tuple[str, str, str]:
@@ -130,7 +132,7 @@ def _count(n_words: int, share: float) -> int:
 
 def synonym(text: str, rng: Random, share: float) -> str:
     """Replace some non-stop words by a WordNet synonym."""
-    parts, stops = _split(text), clean.stop_words()
+    parts, stops = _split(text), stop_words()
     cands = _slots(parts, _has_synonym(stops))
     for i in rng.sample(cands, min(len(cands), _count(len(parts[::2]), share))):
         pre, core, post = _core(parts[i])
@@ -166,7 +168,7 @@ def delete(text: str, rng: Random, share: float) -> str:
 
 def insert(text: str, rng: Random, share: float) -> str:
     """Insert a synonym of one of the text's words at a random place, a few times."""
-    parts, stops = _split(text), clean.stop_words()
+    parts, stops = _split(text), stop_words()
     cands = [_core(parts[i])[1] for i in _slots(parts, _has_synonym(stops))]
     if not cands:
         return text
@@ -220,7 +222,7 @@ def case(text: str, rng: Random, share: float) -> str:
 
 def _placeholders(text: str) -> list[str]:
     """The PII placeholders in a text, in order (ops must keep them exact)."""
-    return clean.PLACEHOLDER_RE.findall(text)
+    return PLACEHOLDER_RE.findall(text)
 
 
 def punct(text: str, rng: Random, share: float) -> str:
@@ -271,30 +273,28 @@ def augment_row(row: dict, op: str, rng: Random, cfg: Config, partner: dict | No
                 paraphraser=None) -> dict | None:
     """One new row made from `row` by `op` (user turns only, for chats), or None if nothing changed."""
     new = {k: v for k, v in row.items() if k not in ("augment_op", "augment_of")}
-    if "messages" not in row:
-        text = TEXT_OPS[op](row["text"], rng, cfg.augment.word_share)
-        if text == row["text"] or not text.strip() or _placeholders(text) != _placeholders(row["text"]):
-            return None
-        return {**new, "text": text}
-    msgs = [dict(m) for m in row["messages"]]
-    if op == "multiturn":  # two training chats as one longer conversation: context-following practice
+    if op == "multiturn":  # chat only (check_ops): two training chats as one longer conversation
         if partner is None or partner["id"] == row["id"]:
             return None
-        return {**new, "messages": msgs + [dict(m) for m in partner["messages"] if m["role"] != "system"]}
-    users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
-    if not users:
-        return None
-    i = users[0] if op == "persona" else rng.choice(users)
-    if "```" in msgs[i]["content"]:  # code must stay runnable: leave such turns alone
-        return None
-    before = msgs[i]["content"]
+        return {**new, "messages": [dict(m) for m in row["messages"]]
+                + [dict(m) for m in partner["messages"] if m["role"] != "system"]}
+    texts = row_texts(row)
+    if cfg.experiment.task == "classification":
+        i = 0  # the one text
+    else:
+        users = [k for k, (role, _) in enumerate(texts) if role == "user"]
+        if not users:
+            return None
+        i = users[0] if op == "persona" else rng.choice(users)
+        if "```" in texts[i][1]:  # code must stay runnable: leave such turns alone
+            return None
+    before = texts[i][1]
     after = paraphraser(before) if op == "paraphrase" else TEXT_OPS[op](before, rng, cfg.augment.word_share)
     if not after or after == before or not after.strip() or _placeholders(after) != _placeholders(before):
         return None
     if op == "paraphrase" and word_overlap(before, after) < 0.2:
         return None  # a small model sometimes answers, or drifts into another language: not a paraphrase
-    msgs[i]["content"] = after
-    return {**new, "messages": msgs}
+    return with_text(new, i, after)
 
 
 def word_overlap(a: str, b: str) -> float:
@@ -323,7 +323,7 @@ def augment_rows(rows: list[dict], cfg: Config, tokenizer=None, paraphraser=None
             cursor += 1
             partner = rows[rng.randrange(len(rows))] if op == "multiturn" else None
             new = augment_row(row, op, rng, cfg, partner, paraphraser)
-            if new is not None and tokenizer is not None and "messages" in new and \
+            if new is not None and tokenizer is not None and cfg.experiment.task == "chat" and \
                     chat.encode(tokenizer, new["messages"], cfg.model.max_length).truncated:
                 new = None  # 02 dropped over-long chats; augmentation must not bring them back
             if new is not None:
@@ -375,13 +375,11 @@ def paraphraser(cfg: Config):
 
 def changed_text(new: dict, original: dict) -> tuple[str, str]:
     """(before, after): the text or user turn that changed (for multiturn, the turns added)."""
-    if "text" in new:
-        return original["text"], new["text"]
-    old, cur = original["messages"], new["messages"]
+    old, cur = row_texts(original), row_texts(new)
     if len(cur) > len(old):
-        return "", " / ".join(f"{m['role']}: {m['content']}" for m in cur[len(old):])
-    i = next(k for k, (a, b) in enumerate(zip(old, cur)) if a["content"] != b["content"])
-    return old[i]["content"], cur[i]["content"]
+        return "", " / ".join(f"{role}: {text}" for role, text in cur[len(old):])
+    i = next((k for k, (a, b) in enumerate(zip(old, cur)) if a[1] != b[1]), 0)
+    return old[i][1], cur[i][1]
 
 
 def pairs_table(new: list[dict], train: list[dict], per_op: int) -> pd.DataFrame:
@@ -399,8 +397,7 @@ def pairs_table(new: list[dict], train: list[dict], per_op: int) -> pd.DataFrame
 
 def demo(rows: list[dict], cfg: Config, min_words: int = 8) -> pd.DataFrame:
     """Each configured text op applied once to one text: the first with at least min_words words."""
-    texts = [r["text"] if "text" in r else next(m["content"] for m in r["messages"] if m["role"] == "user")
-             for r in rows]
+    texts = [next(text for role, text in row_texts(r) if role in INPUT_ROLES) for r in rows]
     text = next((t for t in texts if len(t.split()) >= min_words), texts[0])  # short texts show little
     rng = Random(cfg.experiment.seed)
     lines = [{"op": "(original)", "text": text}]
@@ -420,12 +417,10 @@ def verify(new: list[dict], train: list[dict]) -> None:
             raise AssertionError(f"{r['id']}: augment_of {r['augment_of']!r} is not a training row")
         if ids[r["id"]] > 1:
             raise AssertionError(f"{r['id']}: id used twice")
-        if "messages" in r:
-            old = [m for m in by_id[r["augment_of"]]["messages"] if m["role"] == "assistant"]
-            cur = [m for m in r["messages"] if m["role"] == "assistant"]
-            if cur[:len(old)] != old:
-                raise AssertionError(f"{r['id']}: an assistant turn changed; only user turns may be augmented")
-        elif r["label"] != by_id[r["augment_of"]]["label"]:
+        old = [t for t in row_texts(by_id[r["augment_of"]]) if t[0] == "assistant"]  # none in a labelled row
+        if [t for t in row_texts(r) if t[0] == "assistant"][:len(old)] != old:
+            raise AssertionError(f"{r['id']}: an assistant turn changed; only user turns may be augmented")
+        if r.get("label") != by_id[r["augment_of"]].get("label"):  # chats have none
             raise AssertionError(f"{r['id']}: the label changed")
 
 

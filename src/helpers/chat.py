@@ -94,3 +94,15 @@ def show_mask(tokenizer, encoded: Encoded) -> str:
     if inside:
         out.append("]]")
     return "".join(out)
+
+
+def last_turn(messages: list[dict], role: str) -> str:
+    """Content of the conversation's last message with this role ("" when it has none)."""
+    return next((m["content"] for m in reversed(messages) if m["role"] == role), "")
+
+
+def before_last_turn(messages: list[dict], role: str = "assistant") -> list[dict]:
+    """The messages before the last one with this role (all of them when none has it): the prompt
+    that turn answers, as generation and serving send it."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == role), default=len(messages))
+    return messages[:last]

@@ -1,6 +1,6 @@
-"""Load the configured source into one schema per task (see `rows`); move rows between stages as JSONL.
+"""Load the configured source into one schema per task (see `schema`); move rows between stages as JSONL.
 
-Where things are: `rows` (schemas, validation, the row-texts accessor), `textfile` (decoding a
+Where things are: `schema` (schemas, validation, the row-texts accessor), `textfile` (decoding a
 user's file), `readers` (the file formats). This module picks the source (a bundled corpus or a
 user file), applies the dataset-wide checks and the subsample, and reads and writes the JSONL
 files stages pass to each other.
@@ -19,7 +19,7 @@ import yaml
 from . import paths
 from .config import Config
 from .readers import load_file
-from .rows import DataError, Loaded, add_chat, add_labelled, check_label_typos, check_labels, labels_of
+from .schema import DataError, Loaded, add_chat, add_labelled, check_label_typos, check_labels, labels_of
 from .runs import atomic_write
 
 # data.load_file, data.DataError, data.Loaded and data.labels_of are imported from here by modules

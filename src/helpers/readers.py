@@ -1,6 +1,6 @@
 """Readers of the user file formats (OpenAI / ShareGPT chats, Alpaca, CSV, JSONL labels) into task rows.
 
-Every reader decodes through `textfile.read_text` and validates each row through `rows`, so a bad
+Every reader decodes through `textfile.read_text` and validates each row through `schema`, so a bad
 row in any format is set aside with its file, line and reason.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .config import Config
-from .rows import DataError, Loaded, add_chat, add_labelled
+from .schema import DataError, Loaded, add_chat, add_labelled
 from .textfile import TextFile, read_text
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",

@@ -5,7 +5,7 @@ import codecs
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .rows import DataError
+from .schema import DataError
 
 # Byte-order marks, longest first (the UTF-32 LE mark starts with the UTF-16 LE one).
 BOMS = [(codecs.BOM_UTF32_LE, "utf-32-le", "UTF-32 LE"), (codecs.BOM_UTF32_BE, "utf-32-be", "UTF-32 BE"),
