@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from helpers import chat, config, data, explore, models, schema
+from helpers import chat, config, data, explore, models, schema, words
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +87,10 @@ def test_pick_example_prefers_one_that_fits():
 
 def test_ngrams_drop_stop_words_keep_negations_and_handles():
     texts = ["@united the flight was not on time", "The flight was late, not good", "late flight again"]
-    uni = explore.top_ngrams(texts, 1, 3)
+    uni = words.top_ngrams(texts, 1, 3)
     assert uni.values.tolist() == [["flight", 3], ["late", 2], ["not", 2]]  # ties alphabetical
-    assert explore.words_text({"text": "@united see https://t.co/x &amp; mail a@b.com"}).split() == ["see", "&", "mail"]
-    bi = explore.top_ngrams(texts, 2, 1)
+    assert words.words_text({"text": "@united see https://t.co/x &amp; mail a@b.com"}).split() == ["see", "&", "mail"]
+    bi = words.top_ngrams(texts, 2, 1)
     assert bi.values.tolist() == [["flight late", 1]]  # pairs form after stop words are gone
 
 
@@ -101,20 +101,20 @@ def test_group_views_by_label():
     sizes = explore.group_sizes(rows, "label")
     assert sizes.values.tolist() == [["neg", 2, 0.667], ["pos", 1, 0.333]]
     assert explore.group_metrics(sizes, "label") == {"rows_per_label": {"neg": 2, "pos": 1}}
-    freqs = explore.frequencies_by_group(rows, ["neg", "pos"])
+    freqs = words.frequencies_by_group(rows, ["neg", "pos"])
     assert freqs["label: neg"] == {"late": 2, "flight": 1, "bags": 1} and freqs["label: pos"] == {"great": 1, "crew": 1}
-    assert explore.ngrams_by_group(rows, ["neg"], 1, 2)["neg"].tolist() == ["late (2)", "bags (1)"]
+    assert words.ngrams_by_group(rows, ["neg"], 1, 2)["neg"].tolist() == ["late (2)", "bags (1)"]
 
 
 def test_topics_separate_clear_themes():
     texts = (["refund my payment charge"] * 4 + ["password login account reset"] * 4
              + ["parcel tracking shipping late"] * 4 + ["the and of"])  # the last: stop words only, no topic
-    table, assigned = explore.topics(texts, 3, 3, seed=0)
+    table, assigned = words.topics(texts, 3, 3, seed=0)
     assert table["rows"].tolist() == [4, 4, 4, 1] and table["topic"].tolist() == [0, 1, 2, -1]
     assert [len(set(assigned[i:i + 4])) for i in (0, 4, 8)] == [1, 1, 1] and len(set(assigned)) == 4
     refund = table.set_index("topic")["top_words"][assigned[0]]
     assert set(refund.split(", ")) == {"refund", "payment", "charge"}
-    got = explore.topic_metrics(table)["nmf_topics"]
+    got = words.topic_metrics(table)["nmf_topics"]
     assert got[refund] == 4 and sorted(got.values()) == [1, 4, 4, 4]
 
 
@@ -159,5 +159,5 @@ def test_chat_metrics():
 def test_figures_build():
     lengths = pd.DataFrame({"tokens": [10, 20, 30, 40]})
     assert explore.length_histogram(lengths, 32, "t").axes[0].get_title() == "t"
-    fig = explore.wordcloud_figure({"all rows": {"late": 3, "flight": 2}, "label: neg": {"late": 1}, "empty": {}}, 10, 0)
+    fig = words.wordcloud_figure({"all rows": {"late": 3, "flight": 2}, "label: neg": {"late": 1}, "empty": {}}, 10, 0)
     assert [a.get_title() for a in fig.axes if a.get_title()] == ["all rows", "label: neg"]
