@@ -57,8 +57,8 @@ class Loaded:
 
 def row_texts(row: dict) -> list[tuple[str, str]]:
     """(role, text) of each text field of a row: a chat's turns in order, or (TEXT, text) for a labelled text."""
-    # The one place that looks at a row's shape: clean, explore and augment read and write texts through
-    # row_texts / with_texts, and take the task itself from cfg.experiment.task.
+    # A row's shape is looked at in this module only (here, with_texts, group_key): clean, explore and
+    # augment read and write texts through row_texts / with_texts, and take the task from cfg.experiment.task.
     if "messages" in row:
         return [(m["role"], m["content"]) for m in row["messages"]]
     return [(TEXT, row["text"])]
