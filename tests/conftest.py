@@ -61,3 +61,28 @@ def smoke_chat_run(tmp_path_factory) -> Path:
 def smoke_classifier_run(tmp_path_factory) -> Path:
     """A smoke classification run through 04-tune-model, made once per test session."""
     return _smoke_run("params/smoke-sentiment.yaml", tmp_path_factory)
+
+
+# ---- 02-clean-data's chain, for tests that need cleaned splits ----
+
+def clean_as_02(rows: list[dict], cfg, tokenizer) -> tuple[dict, object]:
+    """The steps of 02-clean-data in clean.STEPS order (the notebook shows each result in between):
+    the splits it writes and the ledger. test_clean checks that this and the notebook both follow STEPS."""
+    from helpers import bookkeeping, clean
+
+    ledger = bookkeeping.Ledger.of(rows)
+    rows = clean.normalize(rows, cfg, ledger)
+    rows = clean.filter_rows(rows, cfg, tokenizer, ledger)
+    rows = clean.dedup_exact(rows, cfg, ledger)
+    rows = clean.dedup_near(rows, cfg, ledger)
+    groups = clean.similarity_groups(rows, cfg.clean.group_threshold, cfg.experiment.seed)
+    splits = clean.split_rows(rows, cfg, groups)
+    splits["train"] = clean.balance(splits["train"], cfg, ledger)
+    clean.accounting(ledger, splits)
+    return splits, ledger
+
+
+@pytest.fixture(scope="session")
+def clean_02():
+    """clean_as_02: rows, cfg, tokenizer -> (splits, ledger), as 02-clean-data makes them."""
+    return clean_as_02

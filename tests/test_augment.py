@@ -5,7 +5,7 @@ from typing import get_args
 
 import pytest
 
-from helpers import augment, clean, config, data, models
+from helpers import augment, config, data, models, textops
 from helpers.config import ConfigError
 
 TEXT = "@united My flight was delayed again and the crew was rude. Please refund <EMAIL> now!"
@@ -16,38 +16,38 @@ def cfg_with(**over):
 
 
 @pytest.fixture(scope="module")
-def support():
+def support(clean_02):
     """The 40 support chats, cleaned and split as 02 does (no tokenizer: no length filter)."""
     cfg = cfg_with(**{"clean.max_tokens": 10_000})
-    splits, _ = clean.clean_all(data.load(cfg).rows, cfg, models.load_tokenizer(cfg))
+    splits, _ = clean_02(data.load(cfg).rows, cfg, models.load_tokenizer(cfg))
     return splits
 
 
 def test_wordnet_offline_from_the_lf_copy():
-    assert augment.wordnet_folder().is_relative_to(augment.paths.CACHE / "nltk_data")
-    assert b"\r\n" not in (augment.wordnet_folder() / "index.noun").read_bytes()[:100_000]
-    assert "glad" in augment.synonyms("happy") and "uncivil" in augment.synonyms("rude")
-    assert augment.synonyms("delayed") == ()  # only senses listing this exact form: no "detain" for "delayed"
-    assert augment.synonyms("xqzv") == ()
+    assert textops.wordnet_folder().is_relative_to(textops.paths.CACHE / "nltk_data")
+    assert b"\r\n" not in (textops.wordnet_folder() / "index.noun").read_bytes()[:100_000]
+    assert "glad" in textops.synonyms("happy") and "uncivil" in textops.synonyms("rude")
+    assert textops.synonyms("delayed") == ()  # only senses listing this exact form: no "detain" for "delayed"
+    assert textops.synonyms("xqzv") == ()
 
 
-@pytest.mark.parametrize("op", sorted(augment.TEXT_OPS))
+@pytest.mark.parametrize("op", sorted(textops.TEXT_OPS))
 def test_each_op_changes_the_text_keeps_protected_tokens_and_is_seeded(op):
-    out = augment.TEXT_OPS[op](TEXT, Random(1), 0.1)
+    out = textops.TEXT_OPS[op](TEXT, Random(1), 0.1)
     assert out != TEXT and "<EMAIL>" in out
     if op not in ("case",):
         assert "@united" in out
-    assert augment.TEXT_OPS[op](TEXT, Random(1), 0.1) == out
+    assert textops.TEXT_OPS[op](TEXT, Random(1), 0.1) == out
 
 
 def test_ops_leave_protected_tokens_alone():
-    assert augment.synonym("@united <EMAIL> 1234 https://t.co/x", Random(0), 1.0) == "@united <EMAIL> 1234 https://t.co/x"
-    assert augment.swap("one", Random(0), 0.5) == "one"  # nothing to swap with
-    assert augment.delete("word", Random(0), 0.9) == "word"  # never delete every word
+    assert textops.synonym("@united <EMAIL> 1234 https://t.co/x", Random(0), 1.0) == "@united <EMAIL> 1234 https://t.co/x"
+    assert textops.swap("one", Random(0), 0.5) == "one"  # nothing to swap with
+    assert textops.delete("word", Random(0), 0.9) == "word"  # never delete every word
 
 
 def test_typo_hits_a_neighbouring_key_at_most():
-    out = augment.typo("keyboard", Random(3), 1.0)
+    out = textops.typo("keyboard", Random(3), 1.0)
     assert out != "keyboard" and abs(len(out) - len("keyboard")) <= 1
 
 
@@ -163,7 +163,7 @@ def test_paraphrases_that_drift_away_are_rejected(support):
 def test_op_names_are_one_list():
     # config.AugmentOp is the list; augment implements each name, and evaluate's robustness ops reuse them.
     assert augment.OPS == list(get_args(config.AugmentOp))
-    assert set(augment.OPS) == set(augment.TEXT_OPS) | {"multiturn", "paraphrase"}
-    assert set(augment.WORD_OPS) <= set(augment.OPS) and augment.CHAT_ONLY <= set(augment.OPS)
+    assert set(augment.OPS) == set(textops.TEXT_OPS) | {"multiturn", "paraphrase"}
+    assert set(textops.WORD_OPS) <= set(augment.OPS) and augment.CHAT_ONLY <= set(augment.OPS)
     robustness = get_args(get_args(config.EvaluateParams.model_fields["robustness_ops"].annotation)[0])
-    assert set(robustness) <= set(augment.TEXT_OPS)
+    assert set(robustness) <= set(textops.TEXT_OPS)

@@ -16,9 +16,9 @@ from typing import Any, Callable
 
 import pytest
 
-from helpers import clean, config, data, models, pipeline, report, runs
+from helpers import bookkeeping, clean, config, data, models, pipeline, report, runs, schema
 from helpers.config import ConfigError
-from helpers.data import DataError
+from helpers.schema import DataError
 
 LOADED, ASIDE, STOPPED = "loaded", "set aside", "stopped"
 
@@ -64,10 +64,10 @@ class Case:
     rule: str = ""
     task: str = "classification"
     over: dict[str, Any] = field(default_factory=dict)
-    check: Callable[[data.Loaded], bool] | None = None  # more about the values loaded
+    check: Callable[[schema.Loaded], bool] | None = None  # more about the values loaded
 
 
-def texts(out: data.Loaded) -> list[str]:
+def texts(out: schema.Loaded) -> list[str]:
     return [r["text"] for r in out.rows]
 
 
@@ -196,7 +196,7 @@ CLEAN_CASES = [
 @pytest.mark.parametrize("name, text, cleaned", CLEAN_CASES, ids=[c[0] for c in CLEAN_CASES])
 def test_cleaning_leaves_no_tag(name, text, cleaned):
     cfg = config.load_config(None, {"experiment.task": "classification"})
-    ledger = clean.Ledger.of(rows_of([(text, "a")]))
+    ledger = bookkeeping.Ledger.of(rows_of([(text, "a")]))
     (row,) = clean.normalize(rows_of([(text, "a")]), cfg, ledger)
     assert row["text"] == cleaned and "<script" not in row["text"].lower()
 
@@ -228,10 +228,10 @@ def test_three_chats_stop_instead_of_splitting_one_one_one():
 
 
 @pytest.mark.parametrize("name, pairs, over, error", SPLIT_CASES, ids=[c[0] for c in SPLIT_CASES])
-def test_split_stops_with_a_clear_error(name, pairs, over, error):
+def test_split_stops_with_a_clear_error(name, pairs, over, error, clean_02):
     cfg = config.load_config(None, {"experiment.task": "classification", **over})
     with pytest.raises(DataError, match=error) as e:
-        clean.clean_all(rows_of(pairs), cfg, tokenizer=None)
+        clean_02(rows_of(pairs), cfg, None)
     assert "rejects.jsonl" not in str(e.value)  # not written yet when this stops
 
 

@@ -41,3 +41,13 @@ def test_template_less_tokenizer_is_a_clear_error(tok):
 
     with pytest.raises(chat.ChatTemplateError, match="no chat template"):
         chat.assistant_spans(NoTemplate(), [{"role": "user", "content": "x"}])
+
+
+def test_last_turn_and_the_prompt_before_it():
+    msgs = [{"role": "system", "content": "Sys"}, {"role": "user", "content": "Ping?"},
+            {"role": "assistant", "content": "Pong."}, {"role": "user", "content": "Again?"},
+            {"role": "assistant", "content": "Pong again."}]
+    assert chat.last_turn(msgs, "assistant") == "Pong again." and chat.last_turn(msgs, "user") == "Again?"
+    assert chat.last_turn(msgs[:1], "user") == ""
+    assert chat.before_last_turn(msgs) == msgs[:4] and chat.before_last_turn(msgs, "user") == msgs[:3]
+    assert chat.before_last_turn(msgs[:2]) == msgs[:2]  # no assistant turn: the whole chat is the prompt

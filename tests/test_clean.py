@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import clean, config, data, explore, models
+from helpers import bookkeeping, clean, config, data, explore, measures, models, schema, textrules
 from helpers.config import ConfigError
 
 
@@ -33,16 +33,16 @@ def labelled(texts_labels):
 # ---------------------------------------------------------------- text rules
 
 def test_mojibake_is_repaired_but_stray_bytes_are_not_guessed():
-    assert clean.fix_mojibake("cafÃ© â€œquotedâ€\x9d") == "café “quoted”"
-    assert clean.fix_mojibake("itâ\x80\x99s") == "it’s"
+    assert textrules.fix_mojibake("cafÃ© â€œquotedâ€\x9d") == "café “quoted”"
+    assert textrules.fix_mojibake("itâ\x80\x99s") == "it’s"
     # lost emoji bytes in the airline tweets: not UTF-8 mojibake, left for control_chars
-    assert clean.fix_mojibake("thanks _\x99\x85ê") == "thanks _\x99\x85ê"
-    assert clean.remove_control_chars("thanks _\x99\x85ê\tok\n") == "thanks _ê\tok\n"
+    assert textrules.fix_mojibake("thanks _\x99\x85ê") == "thanks _\x99\x85ê"
+    assert textrules.remove_control_chars("thanks _\x99\x85ê\tok\n") == "thanks _ê\tok\n"
 
 
 def test_html_tags_only_tag_shaped_and_never_in_code():
-    strip = clean.outside_code(clean.strip_html_tags)
-    assert clean.collapse_whitespace(strip("<p>Hi <b>there</b></p>")) == "Hi there"
+    strip = textrules.outside_code(textrules.strip_html_tags)
+    assert textrules.collapse_whitespace(strip("<p>Hi <b>there</b></p>")) == "Hi there"
     assert strip("a < b and <3 and <EMAIL>") == "a < b and <3 and <EMAIL>"
     code = "Use:\n```\nrender(<MyComponent />)\n```\nand `<br>` inline"
     assert strip(code) == code
@@ -50,31 +50,31 @@ def test_html_tags_only_tag_shaped_and_never_in_code():
 
 def test_whitespace_collapses_but_keeps_code_and_indentation():
     text = "Hi   there \n\n\n\nLook:\n```\ndef f():\n    return  1\n```\n   "
-    assert clean.collapse_whitespace(text) == "Hi there\n\nLook:\n```\ndef f():\n    return  1\n```"
+    assert textrules.collapse_whitespace(text) == "Hi there\n\nLook:\n```\ndef f():\n    return  1\n```"
 
 
 def test_pii_placeholders_and_what_is_not_pii():
     text = ("mail jane.doe@example.com or call (555) 123-4567 / +44 20 7946 0958 / 1-800-433-7300, "
             "card 4111 1111 1111 1111, ip 10.0.0.1, @jane_d")
-    assert clean.scrub_pii(text, list(clean.PLACEHOLDERS)) == (
+    assert textrules.scrub_pii(text, list(textrules.PLACEHOLDERS)) == (
         "mail <EMAIL> or call <PHONE> / <PHONE> / <PHONE>, card <CARD>, ip <IP>, <USER>")
     kept = "claim #3526665682, 99.99999999% sure, order 4111111111111112, v1.2.3.4.5, at 10:15"
-    assert clean.scrub_pii(kept, list(clean.PLACEHOLDERS)) == kept
-    assert clean.scrub_pii("@united hi", ["email", "phone", "card", "ip"]) == "@united hi"  # default: handles kept
+    assert textrules.scrub_pii(kept, list(textrules.PLACEHOLDERS)) == kept
+    assert textrules.scrub_pii("@united hi", ["email", "phone", "card", "ip"]) == "@united hi"  # default: handles kept
 
 
 def test_terminology_whole_words_any_case():
-    assert clean.apply_terminology("E-mail me; my e-mails and WiFi", {"e-mail": "email", "wifi": "Wi-Fi"}) == \
+    assert textrules.apply_terminology("E-mail me; my e-mails and WiFi", {"e-mail": "email", "wifi": "Wi-Fi"}) == \
         "email me; my e-mails and Wi-Fi"
 
 
 def test_stopword_removal_keeps_negations():
-    assert clean.remove_stopwords("The flight was not on time and it is never good") == "flight not time never good"
+    assert textrules.remove_stopwords("The flight was not on time and it is never good") == "flight not time never good"
 
 
 def test_lowercase_for_chat_is_refused():
     with pytest.raises(ConfigError, match="classification only"):
-        clean.text_rules(config.load_config(overrides={"clean.lowercase": True}))
+        textrules.text_rules(config.load_config(overrides={"clean.lowercase": True}))
 
 
 def test_normalize_every_chat_turn_counts_changes_and_leaves_input_alone():
@@ -85,7 +85,7 @@ def test_normalize_every_chat_turn_counts_changes_and_leaves_input_alone():
         {"id": "b", "source": "b", "topic": "", "messages": [
             {"role": "user", "content": "fine"}, {"role": "assistant", "content": "ok"}]}]
     before = copy.deepcopy(rows)
-    ledger = clean.Ledger.of(rows)
+    ledger = bookkeeping.Ledger.of(rows)
     out = clean.normalize(rows, config.load_config(), ledger)
     assert rows == before
     assert [m["content"] for m in out[0]["messages"]] == ["Be brief.", "Q&A for full width? mail me at <EMAIL>", "Sure ."]
@@ -101,7 +101,7 @@ def test_too_long_chats_dropped_with_reason_and_raw_as_loaded(chat_tok):
                                                                    {"role": "assistant", "content": "Hello!"}]}
     long = {"id": "l", "source": "f:2", "topic": "", "messages": [{"role": "user", "content": "Tell me a story. " * 10},
                                                                   {"role": "assistant", "content": "Once upon a time."}]}
-    ledger = clean.Ledger.of([short, long])
+    ledger = bookkeeping.Ledger.of([short, long])
     kept = clean.filter_rows([short, long], cfg, chat_tok, ledger)
     assert kept == [short]
     (rej,) = ledger.rejects
@@ -116,7 +116,7 @@ def test_too_short_and_noisy(cls_tok):
     rows = labelled([("ok fine", "a"), ("", "a"), ("!!!! 1234 ####", "b")])
     cfg = config.load_config(overrides={"experiment.task": "classification", "clean.min_chars": 1,
                                         "clean.max_symbol_share": 0.5})
-    ledger = clean.Ledger.of(rows)
+    ledger = bookkeeping.Ledger.of(rows)
     assert clean.filter_rows(rows, cfg, cls_tok, ledger) == rows[:1]
     assert [(r["rule"], r["reason"]) for r in ledger.rejects] == [
         ("too_short", "the text has 0 characters after cleaning (clean.min_chars: 1)"),
@@ -126,8 +126,8 @@ def test_too_short_and_noisy(cls_tok):
 def test_classification_keeps_long_texts_unless_max_tokens_is_set(cls_tok):
     rows = labelled([("word " * 100, "a"), ("short", "a")])
     base = {"experiment.task": "classification", "model.max_length": 16}
-    assert clean.filter_rows(rows, config.load_config(overrides=base), cls_tok, clean.Ledger.of(rows)) == rows
-    ledger = clean.Ledger.of(rows)
+    assert clean.filter_rows(rows, config.load_config(overrides=base), cls_tok, bookkeeping.Ledger.of(rows)) == rows
+    ledger = bookkeeping.Ledger.of(rows)
     cfg = config.load_config(overrides={**base, "clean.max_tokens": 16})
     assert clean.filter_rows(rows, cfg, cls_tok, ledger) == rows[1:]
     assert ledger.rejects[0]["reason"] == "too long: 102 tokens > 16 (clean.max_tokens)"
@@ -136,26 +136,26 @@ def test_classification_keeps_long_texts_unless_max_tokens_is_set(cls_tok):
 
 
 def test_token_lengths_one_definition_for_01_and_02(cls_tok, chat_tok):
-    assert explore.token_lengths is clean.token_lengths and explore.group_key is clean.group_key
-    lengths = clean.token_lengths(labelled([("short", "a"), ("word " * 10, "a")]), cls_tok)
+    assert explore.token_lengths is measures.token_lengths and explore.group_key is schema.group_key
+    lengths = measures.token_lengths(labelled([("short", "a"), ("word " * 10, "a")]), cls_tok, "classification")
     assert list(lengths.columns) == ["id", "tokens"] and lengths["tokens"].tolist() == [3, 12]  # [CLS] .. [SEP]
     chats = [{"id": "c", "source": "c", "topic": "", "messages": [{"role": "user", "content": "Hi"},
                                                                   {"role": "assistant", "content": "Hello!"}]}]
-    assert list(clean.token_lengths(chats, chat_tok).columns) == ["id", "tokens", "loss_tokens"]
-    assert clean.token_lengths([], cls_tok)["tokens"].tolist() == []
+    assert list(measures.token_lengths(chats, chat_tok, "chat").columns) == ["id", "tokens", "loss_tokens"]
+    assert measures.token_lengths([], cls_tok, "classification")["tokens"].tolist() == []
 
 
 def test_exact_duplicates_and_label_conflicts():
     rows = labelled([("Great crew!", "pos"), ("great  CREW!", "pos"), ("Gate C4.", "neu"), ("gate c4.", "pos"),
                      ("Late again", "neg")])
-    ledger = clean.Ledger.of(rows)
+    ledger = bookkeeping.Ledger.of(rows)
     cfg = config.load_config(overrides={"experiment.task": "classification"})
     assert [r["id"] for r in clean.dedup_exact(rows, cfg, ledger)] == ["t:0", "t:4"]
     assert [(r["source"], r["rule"], r["reason"]) for r in ledger.rejects] == [
         ("t:1", "duplicate", "exact duplicate of t:0"),
         ("t:2", "label_conflict", "the same text is labelled ['neu', 'pos'] (also at t:3); fix the labels in the source file"),
         ("t:3", "label_conflict", "the same text is labelled ['neu', 'pos'] (also at t:2); fix the labels in the source file")]
-    off = clean.Ledger.of(rows)
+    off = bookkeeping.Ledger.of(rows)
     assert clean.dedup_exact(rows, config.apply_overrides(cfg, {"clean.dedup_exact": False}), off) == rows
     assert off.rejects == []
 
@@ -163,7 +163,7 @@ def test_exact_duplicates_and_label_conflicts():
 def test_near_duplicates_dropped_keeping_the_first():
     rows = labelled([("@united thank you so much!", "pos"), ("@united thank you so much.", "neu"),
                      ("my bag never arrived in Boston", "neg")])
-    ledger = clean.Ledger.of(rows)
+    ledger = bookkeeping.Ledger.of(rows)
     cfg = config.load_config(overrides={"experiment.task": "classification"})
     assert [r["id"] for r in clean.dedup_near(rows, cfg, ledger)] == ["t:0", "t:2"]
     (rej,) = ledger.rejects
@@ -198,21 +198,21 @@ def test_stratified_split_exact_sizes(fixtures):
     assert sorted(r["id"] for p in splits.values() for r in p) == sorted(r["id"] for r in rows)
 
 
-def test_support_chats_split_28_6_6_seeded():
+def test_support_chats_split_28_6_6_seeded(clean_02):
     cfg = config.load_config("params/smoke.yaml", {"clean.max_tokens": 10_000, "clean.group_threshold": None})
     rows = data.load(cfg).rows
-    splits, ledger = clean.clean_all(rows, cfg, models.load_tokenizer(cfg))
+    splits, ledger = clean_02(rows, cfg, models.load_tokenizer(cfg))
     assert {k: len(v) for k, v in splits.items()} == {"train": 28, "validation": 6, "test": 6}
-    again, _ = clean.clean_all(rows, cfg, models.load_tokenizer(cfg))
+    again, _ = clean_02(rows, cfg, models.load_tokenizer(cfg))
     assert again == splits
-    other, _ = clean.clean_all(rows, config.load_config("params/smoke.yaml", {
+    other, _ = clean_02(rows, config.load_config("params/smoke.yaml", {
         "clean.max_tokens": 10_000, "clean.group_threshold": None, "experiment.seed": 7}), models.load_tokenizer(cfg))
     assert [r["id"] for r in other["test"]] != [r["id"] for r in splits["test"]]
 
 
 def test_too_few_rows_is_a_clear_error():
     cfg = config.load_config(overrides={"experiment.task": "classification"})
-    with pytest.raises(data.DataError, match="only 2 rows .* left after cleaning"):
+    with pytest.raises(schema.DataError, match="only 2 rows .* left after cleaning"):
         clean.split_rows(labelled([("a b", "x"), ("c d", "y")]), cfg)
 
 
@@ -226,23 +226,23 @@ def imbalanced():
 def test_oversample_equalizes_train_and_counts_added():
     cfg = config.load_config(overrides={"experiment.task": "classification", "clean.balance": "oversample"})
     rows = imbalanced()
-    ledger = clean.Ledger.of(rows)
+    ledger = bookkeeping.Ledger.of(rows)
     out = clean.balance(rows, cfg, ledger)
     assert [r["label"] for r in out].count("pos") == 8 and len(out) == 16
     assert len({r["id"] for r in out}) == 16 and ledger.added == {"oversample": 6}
-    table = clean.accounting(ledger, {"train": out, "validation": [], "test": []}).set_index("step")["rows"]
+    table = bookkeeping.accounting(ledger, {"train": out, "validation": [], "test": []}).set_index("step")["rows"]
     assert table.to_dict() == {"input": 10, "kept": 10, "added: oversample (train copies)": 6}  # copies are not kept rows
 
 
 def test_undersample_rejects_with_reason_and_reconciles():
     cfg = config.load_config(overrides={"experiment.task": "classification", "clean.balance": "undersample"})
     rows = imbalanced()
-    ledger = clean.Ledger.of(rows)
+    ledger = bookkeeping.Ledger.of(rows)
     out = clean.balance(rows, cfg, ledger)
     assert sorted(r["label"] for r in out) == ["neg", "neg", "pos", "pos"]
     assert ledger.dropped() == {"undersample": 6}
     assert ledger.rejects[0]["reason"] == "label 'neg' undersampled to 2 training rows (clean.balance: undersample)"
-    table = clean.accounting(ledger, {"train": out, "validation": [], "test": []})
+    table = bookkeeping.accounting(ledger, {"train": out, "validation": [], "test": []})
     assert table.set_index("step").loc["kept", "rows"] == 4
 
 
@@ -252,31 +252,31 @@ def test_class_weights_balanced():
 
 def test_accounting_catches_a_lost_row():
     rows = imbalanced()
-    ledger = clean.Ledger.of(rows)
+    ledger = bookkeeping.Ledger.of(rows)
     with pytest.raises(AssertionError, match="10 input rows != 9 kept \\+ 0 dropped"):
-        clean.accounting(ledger, {"train": rows[:9], "validation": [], "test": []})
+        bookkeeping.accounting(ledger, {"train": rows[:9], "validation": [], "test": []})
 
 
 def test_accounting_catches_an_inconsistent_ledger():
     rows = imbalanced()
-    ledger = clean.Ledger.of(rows)  # a row rejected twice: the books count 11 rows
+    ledger = bookkeeping.Ledger.of(rows)  # a row rejected twice: the books count 11 rows
     ledger.reject(rows[0], "duplicate", "x")
     ledger.reject(rows[0], "near_duplicate", "x")
     with pytest.raises(AssertionError, match="10 input rows != 9 kept \\+ 2 dropped"):
-        clean.accounting(ledger, {"train": rows[1:], "validation": [], "test": []})
-    ledger = clean.Ledger.of(rows)  # the totals add up, but row 0 is both kept and rejected (and row 9 lost)
+        bookkeeping.accounting(ledger, {"train": rows[1:], "validation": [], "test": []})
+    ledger = bookkeeping.Ledger.of(rows)  # the totals add up, but row 0 is both kept and rejected (and row 9 lost)
     ledger.reject(rows[0], "noisy", "x")
     with pytest.raises(AssertionError, match="rows both kept and rejected: \\['t:0'\\]"):
-        clean.accounting(ledger, {"train": rows[:9], "validation": [], "test": []})
+        bookkeeping.accounting(ledger, {"train": rows[:9], "validation": [], "test": []})
 
 
-def test_clean_all_drops_duplicates_and_label_conflicts(fixtures, cls_tok):
+def test_the_02_chain_drops_duplicates_and_label_conflicts(fixtures, cls_tok, clean_02):
     cfg = cfg_for(fixtures / "labels.csv", "classification", **{"data.split": {"validation": 0.25, "test": 0.25}})
     rows = data.load(cfg).rows
     rows = rows + [dict(rows[0], id="dup", source="dup"),  # an exact duplicate: the first copy stays
                    {"id": "c1", "source": "c1", "text": "Flight 22 was on time today.", "label": "positive"},
                    {"id": "c2", "source": "c2", "text": "flight 22 was ON time today.", "label": "neutral"}]
-    splits, ledger = clean.clean_all(rows, cfg, cls_tok)
+    splits, ledger = clean_02(rows, cfg, cls_tok)
     m = clean.metrics(ledger, splits)
     assert m["input"] == 15 and m["kept"] == 12 and m["dropped"] == {"label_conflict": 2, "duplicate": 1}
     assert [(r["source"], r["rule"]) for r in ledger.rejects] == [
@@ -288,8 +288,8 @@ def test_clean_all_drops_duplicates_and_label_conflicts(fixtures, cls_tok):
 
 def test_duplicate_ids_are_refused():
     rows = labelled([("a", "x")]) * 2
-    with pytest.raises(data.DataError, match="row ids must be unique"):
-        clean.Ledger.of(rows)
+    with pytest.raises(schema.DataError, match="row ids must be unique"):
+        bookkeeping.Ledger.of(rows)
 
 
 # ---------------------------------------------------------------- one order of steps
@@ -312,10 +312,10 @@ def calls(tree: ast.AST, on: str | None) -> list[str]:
     return [name for *_, name in sorted(found)]
 
 
-def test_steps_are_functions_and_clean_all_calls_them_in_order():
+def test_steps_are_functions_and_the_tests_chain_calls_them_in_order(clean_02):
     assert all(callable(getattr(clean, s)) for s in clean.STEPS)
-    body = ast.parse(inspect.getsource(clean.clean_all))
-    assert calls(body, None) == list(clean.STEPS)
+    body = ast.parse(inspect.getsource(clean_02))  # conftest.clean_as_02: what tests use for 02's splits
+    assert calls(body, "clean") == list(clean.STEPS)
 
 
 def test_notebook_02_calls_the_same_steps_in_the_same_order():
@@ -328,6 +328,6 @@ def test_notebook_02_calls_the_same_steps_in_the_same_order():
 
 def test_group_key_label_topic_or_none():
     chats = [{"id": "a", "source": "a", "topic": "", "messages": []}]
-    assert clean.group_key(labelled([("a", "x")])) == "label" and clean.group_key(chats) is None
-    assert clean.group_key([dict(chats[0], topic="food")]) == "topic"
-    assert clean.split_key({"train": chats, "validation": [], "test": []}) == "topic"  # "(none)" rows
+    assert schema.group_key(labelled([("a", "x")])) == "label" and schema.group_key(chats) is None
+    assert schema.group_key([dict(chats[0], topic="food")]) == "topic"
+    assert bookkeeping.split_key({"train": chats, "validation": [], "test": []}) == "topic"  # "(none)" rows

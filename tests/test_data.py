@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from helpers import data
+from helpers import data, schema
 from helpers.config import load_config
-from helpers.data import DataError
+from helpers.schema import DataError
 
 
 def cfg_for(source, task="chat", **extra):
@@ -84,7 +84,7 @@ def test_bundled_chatterbot_pairs_keep_topic():
 
 def test_bundled_airline_counts():
     out = data.load(cfg_for("airline", "classification"))
-    assert len(out.rows) == 14638 and data.labels_of(out.rows) == ["negative", "neutral", "positive"]
+    assert len(out.rows) == 14638 and schema.labels_of(out.rows) == ["negative", "neutral", "positive"]
     assert all(data.AIRLINE_HANDLES.search(r["text"]) for r in out.rows[:200])
 
 
@@ -140,3 +140,17 @@ def test_a_huge_line_loads_and_a_huge_broken_line_is_a_short_problem(tmp_path):
     (problem,) = out.problems
     assert problem["source"] == "huge.jsonl:2" and problem["reason"].startswith("invalid JSON")
     assert len(problem["raw"]) <= 2000  # the rejects file stays readable
+
+
+def test_row_texts_and_with_texts_for_both_shapes():
+    chat = {"id": "c", "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"},
+                                    {"role": "assistant", "content": "A"}], "topic": "t", "source": "c"}
+    text = {"id": "t", "text": "T", "label": "pos", "source": "t"}
+    assert schema.row_texts(chat) == [("system", "S"), ("user", "Q"), ("assistant", "A")]
+    assert schema.row_texts(text) == [(schema.TEXT, "T")]
+    new = schema.with_texts(chat, ["s", "q", "a"])
+    assert [m["content"] for m in new["messages"]] == ["s", "q", "a"] and list(new) == list(chat)
+    assert chat["messages"][1]["content"] == "Q"  # a copy: the row given is unchanged
+    assert schema.with_text(text, 0, "u") == {"id": "t", "text": "u", "label": "pos", "source": "t"} and text["text"] == "T"
+    with pytest.raises(ValueError, match="2 texts for 3 turns"):
+        schema.with_texts(chat, ["a", "b"])

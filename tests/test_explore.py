@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from helpers import chat, config, data, explore, models
+from helpers import chat, config, data, explore, models, schema, words
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +43,18 @@ def test_row_warnings_name_each_finding():
             {"id": "c:3", "source": "c:3", "topic": "", "messages": [
                 {"role": "user", "content": "Hi"}, {"role": "user", "content": "Hello?"},
                 {"role": "assistant", "content": "Hi!"}]}]
-    found = explore.row_warnings(rows)
+    found = explore.row_warnings(rows, "chat")
     assert found[["source", "check"]].values.tolist() == [
         ["c:0", "replacement_char"], ["c:1", "tiny_turn"], ["c:2", "echo"], ["c:3", "same_role_twice"]]
     labels = [{"id": str(i), "source": str(i), "text": "t", "label": l} for i, l in enumerate(["positive", "Positive"])]
-    assert explore.row_warnings(labels)["check"].tolist() == ["label_variant", "label_variant"]
+    assert explore.row_warnings(labels, "classification")["check"].tolist() == ["label_variant", "label_variant"]
     assert explore.warning_metrics(found) == {"warnings": {"replacement_char": 1, "tiny_turn": 1, "echo": 1,
                                                            "same_role_twice": 1}}
 
 
 def test_token_lengths_use_the_chat_template_and_count_loss_tokens(tok):
     rows = [chat_row(0, "Hi", "Hello!"), chat_row(1, "Tell me a story. " * 10, "Once upon a time.")]
-    lengths = explore.token_lengths(rows, tok)
+    lengths = explore.token_lengths(rows, tok, "chat")
     enc = [chat.encode(tok, r["messages"], 10_000) for r in rows]
     assert lengths["tokens"].tolist() == [len(e.input_ids) for e in enc]
     assert lengths["loss_tokens"].tolist() == [e.n_loss_tokens for e in enc]
@@ -74,10 +74,10 @@ def test_epoch_tokens_cap_at_max_length_and_scale_by_train_share():
 
 def test_render_example_brackets_the_answer_and_fails_on_an_empty_mask(tok):
     row = chat_row(0, "Capital of France?", "Paris.")
-    shown = explore.render_example(tok, row, 64)
+    shown = explore.render_example(tok, row, 64, "chat")
     assert "[[Paris." in shown and "Capital of France?" in shown.split("[[")[0]
     with pytest.raises(ValueError, match="no token carries the loss"):
-        explore.render_example(tok, chat_row(1, "word " * 100, "Paris."), 64)
+        explore.render_example(tok, chat_row(1, "word " * 100, "Paris."), 64, "chat")
 
 
 def test_pick_example_prefers_one_that_fits():
@@ -87,34 +87,34 @@ def test_pick_example_prefers_one_that_fits():
 
 def test_ngrams_drop_stop_words_keep_negations_and_handles():
     texts = ["@united the flight was not on time", "The flight was late, not good", "late flight again"]
-    uni = explore.top_ngrams(texts, 1, 3)
+    uni = words.top_ngrams(texts, 1, 3)
     assert uni.values.tolist() == [["flight", 3], ["late", 2], ["not", 2]]  # ties alphabetical
-    assert explore.words_text({"text": "@united see https://t.co/x &amp; mail a@b.com"}).split() == ["see", "&", "mail"]
-    bi = explore.top_ngrams(texts, 2, 1)
+    assert words.words_text({"text": "@united see https://t.co/x &amp; mail a@b.com"}).split() == ["see", "&", "mail"]
+    bi = words.top_ngrams(texts, 2, 1)
     assert bi.values.tolist() == [["flight late", 1]]  # pairs form after stop words are gone
 
 
 def test_group_views_by_label():
     rows = [{"id": str(i), "source": str(i), "text": t, "label": l} for i, (t, l) in enumerate(
         [("late flight again", "neg"), ("late bags", "neg"), ("great crew", "pos")])]
-    assert explore.group_key(rows) == "label" and explore.top_groups(rows, 1) == ["neg"]
+    assert schema.group_key(rows) == "label" and explore.top_groups(rows, 1) == ["neg"]
     sizes = explore.group_sizes(rows, "label")
     assert sizes.values.tolist() == [["neg", 2, 0.667], ["pos", 1, 0.333]]
     assert explore.group_metrics(sizes, "label") == {"rows_per_label": {"neg": 2, "pos": 1}}
-    freqs = explore.frequencies_by_group(rows, ["neg", "pos"])
+    freqs = words.frequencies_by_group(rows, ["neg", "pos"])
     assert freqs["label: neg"] == {"late": 2, "flight": 1, "bags": 1} and freqs["label: pos"] == {"great": 1, "crew": 1}
-    assert explore.ngrams_by_group(rows, ["neg"], 1, 2)["neg"].tolist() == ["late (2)", "bags (1)"]
+    assert words.ngrams_by_group(rows, ["neg"], 1, 2)["neg"].tolist() == ["late (2)", "bags (1)"]
 
 
 def test_topics_separate_clear_themes():
     texts = (["refund my payment charge"] * 4 + ["password login account reset"] * 4
              + ["parcel tracking shipping late"] * 4 + ["the and of"])  # the last: stop words only, no topic
-    table, assigned = explore.topics(texts, 3, 3, seed=0)
+    table, assigned = words.topics(texts, 3, 3, seed=0)
     assert table["rows"].tolist() == [4, 4, 4, 1] and table["topic"].tolist() == [0, 1, 2, -1]
     assert [len(set(assigned[i:i + 4])) for i in (0, 4, 8)] == [1, 1, 1] and len(set(assigned)) == 4
     refund = table.set_index("topic")["top_words"][assigned[0]]
     assert set(refund.split(", ")) == {"refund", "payment", "charge"}
-    got = explore.topic_metrics(table)["nmf_topics"]
+    got = words.topic_metrics(table)["nmf_topics"]
     assert got[refund] == 4 and sorted(got.values()) == [1, 4, 4, 4]
 
 
@@ -159,5 +159,5 @@ def test_chat_metrics():
 def test_figures_build():
     lengths = pd.DataFrame({"tokens": [10, 20, 30, 40]})
     assert explore.length_histogram(lengths, 32, "t").axes[0].get_title() == "t"
-    fig = explore.wordcloud_figure({"all rows": {"late": 3, "flight": 2}, "label: neg": {"late": 1}, "empty": {}}, 10, 0)
+    fig = words.wordcloud_figure({"all rows": {"late": 3, "flight": 2}, "label: neg": {"late": 1}, "empty": {}}, 10, 0)
     assert [a.get_title() for a in fig.axes if a.get_title()] == ["all rows", "label: neg"]

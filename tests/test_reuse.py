@@ -150,9 +150,9 @@ def test_other_inputs_or_code_find_nothing(reports):
 # ---------------------------------------------------------------- the declarations stay true
 
 STAGE_MODULES = {  # the helpers each notebook calls with the config
-    "01-explore-data": ["data", "explore", "models"],
-    "02-clean-data": ["clean", "models"],
-    "03-augment-data": ["augment", "models"],
+    "01-explore-data": ["data", "readers", "schema", "textfile", "explore", "measures", "words", "models"],
+    "02-clean-data": ["clean", "textrules", "bookkeeping", "measures", "models"],
+    "03-augment-data": ["augment", "textops", "models"],
     "04-tune-model": ["tune", "search", "crossval", "models", "chat"],
     "05-evaluate-model": ["evaluation", "models"],
 }

@@ -105,3 +105,10 @@ def answered_prompt(messages: list[dict]) -> str:
     """The message the last assistant turn answers (what a reader of sampled answers needs)."""
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     return messages[last - 1]["content"] if last else ""
+
+
+def before_last_turn(messages: list[dict], role: str = "assistant") -> list[dict]:
+    """The messages before the last one with this role (all of them when none has it): the prompt
+    that turn answers, as generation and serving send it."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == role), default=len(messages))
+    return messages[:last]

@@ -1,12 +1,13 @@
-"""What is in the data, before anything is changed: counts, lengths in tokens, words, topics, noise.
+"""What is in the data, before anything is changed: counts, lengths in tokens, groups, duplicates, noise.
 
-01-explore-data calls these one by one and shows each result. Nothing here modifies rows:
-findings are reported, and 02-clean-data decides what to drop (with the same rules, from
-`helpers.clean`, so what 01 shows is what 02 will act on).
+01-explore-data calls these one by one and shows each result (the words and topics come from
+`helpers.words`). Nothing here modifies rows: findings are reported, and 02-clean-data decides
+what to drop, with the same measures and patterns (`helpers.measures`, `helpers.textrules`), so
+what 01 shows is what 02 will act on. A row's texts are read through `schema.row_texts`; what
+differs by task comes from the task given.
 """
 from __future__ import annotations
 
-import html
 import math
 import os
 import random
@@ -17,14 +18,11 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from . import chat, clean, models
-from .clean import group_key, token_lengths  # one definition each: 01 measures what 02 acts on
+from . import chat, measures, models, textrules
+from .bookkeeping import visible
 from .config import Config
-from .data import Loaded
-
-# Fragments of contractions ("don't" -> "don") and leftovers that say nothing about the data.
-FILLER_WORDS = {"don", "doesn", "didn", "isn", "wasn", "aren", "won", "ll", "ve", "re", "im", "amp", "http", "https"}
-TOKEN_PATTERN = r"(?u)\b[^\W\d_]{2,}\b"  # words of two or more letters: numbers are not topics
+from .measures import token_lengths  # noqa: F401  (one definition: 01 shows what 02 acts on)
+from .schema import Loaded, group_key, row_texts
 
 
 # ---------------------------------------------------------------- counts and problems
@@ -45,10 +43,10 @@ def problems_table(problems: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(problems, columns=["source", "rule", "reason"])
 
 
-def row_warnings(rows: list[dict]) -> pd.DataFrame:
+def row_warnings(rows: list[dict], task: str) -> pd.DataFrame:
     """Rows that loaded but look wrong (kept: 02 or you decide), one line per finding."""
     found = []
-    labels = sorted({r["label"] for r in rows if "label" in r})
+    labels = sorted({r["label"] for r in rows}) if task == "classification" else []
     for label in labels:  # "Positive" and "positive" would be two classes
         twins = [l for l in labels if l != label and l.strip().casefold() == label.strip().casefold()]
         if twins:
@@ -56,7 +54,7 @@ def row_warnings(rows: list[dict]) -> pd.DataFrame:
                           "detail": f"label {label!r} differs from {twins} only in case or spaces; fix the file "
                                     f"or list the allowed labels in data.labels"})
     for row in rows:
-        found += [{"source": row["source"], "check": c, "detail": d} for c, d in _row_findings(row)]
+        found += [{"source": row["source"], "check": c, "detail": d} for c, d in _row_findings(row, task)]
     return pd.DataFrame(found, columns=["source", "check", "detail"])
 
 
@@ -65,31 +63,31 @@ def warning_metrics(warnings_found: pd.DataFrame) -> dict:
     return {"warnings": {k: int(v) for k, v in warnings_found["check"].value_counts().items()}}
 
 
-def _row_findings(row: dict) -> list[tuple[str, str]]:
+def _row_findings(row: dict, task: str) -> list[tuple[str, str]]:
     """(check, detail) for each thing that looks wrong in one row."""
-    texts = [m["content"] for m in row["messages"]] if "messages" in row else [row["text"]]
+    turns = row_texts(row)
+    texts = [text for _, text in turns]
     out = []
     if any("\ufffd" in t for t in texts):
         out.append(("replacement_char", "holds U+FFFD: characters were lost when the file was decoded; "
                                         "re-export it as UTF-8"))
-    if any(clean.CONTROL_RE.search(t) for t in texts):
+    if any(textrules.CONTROL_RE.search(t) for t in texts):
         out.append(("control_chars", "holds invisible control characters (02 removes them)"))
-    if not any(c.isalpha() for c in clean.analysis_text(row)):
+    if not any(c.isalpha() for c in measures.analysis_text(row)):
         out.append(("no_letters", "no letters at all: numbers or symbols only"))
-    if "messages" in row:
-        msgs = row["messages"]
-        tiny = [i for i, m in enumerate(msgs) if len(m["content"].strip()) <= 1]
+    if task == "chat":  # the checks of a conversation's turns
+        tiny = [i for i, text in enumerate(texts) if len(text.strip()) <= 1]
         if tiny:
             out.append(("tiny_turn", f"turn {tiny[0]} has one character: a broken conversation "
                                      f"(e.g. a text split into letters)?"))
-        roles = [m["role"] for m in msgs]
+        roles = [role for role, _ in turns]
         twice = [i for i in range(1, len(roles)) if roles[i] == roles[i - 1]]
         if twice:
             out.append(("same_role_twice", f"turns {twice[0] - 1} and {twice[0]} are both {roles[twice[0]]}; "
                                             f"merge them so turns alternate"))
-        if any(msgs[i]["role"] == "assistant" and msgs[i - 1]["role"] == "user"
-               and msgs[i]["content"].strip().casefold() == msgs[i - 1]["content"].strip().casefold()
-               for i in range(1, len(msgs))):
+        if any(roles[i] == "assistant" and roles[i - 1] == "user"
+               and texts[i].strip().casefold() == texts[i - 1].strip().casefold()
+               for i in range(1, len(turns))):
             out.append(("echo", "the answer repeats the question word for word"))
     return out
 
@@ -137,7 +135,7 @@ def measure_speed(cfg: Config, tokenizer, rows: list[dict], batch_rows: int = 2,
     rng = random.Random(cfg.experiment.seed)
     sample = rng.sample(rows, min(batch_rows, len(rows)))
     width = min(tokens, cfg.model.max_length)  # a short batch: the rate per token is what we need
-    if "messages" in sample[0]:
+    if cfg.experiment.task == "chat":
         model = models.load_causal_lm(cfg)
         ids = [chat.encode(tokenizer, r["messages"], width).input_ids for r in sample]
     else:
@@ -182,9 +180,9 @@ def pick_example(rows: list[dict], lengths: pd.DataFrame, max_length: int) -> di
     return rows[int(fits[0])] if len(fits) else rows[0]
 
 
-def render_example(tokenizer, row: dict, max_length: int) -> str:
+def render_example(tokenizer, row: dict, max_length: int, task: str) -> str:
     """A chat as the model trains on it, loss tokens in [[...]]; a text with its token pieces."""
-    if "messages" not in row:
+    if task == "classification":
         ids = tokenizer(row["text"], truncation=True, max_length=max_length)["input_ids"]
         return f"label: {row['label']}\n" + " | ".join(tokenizer.convert_ids_to_tokens(ids))
     enc = chat.encode(tokenizer, row["messages"], max_length)
@@ -224,15 +222,15 @@ def chat_roles(rows: list[dict], tokenizer) -> pd.DataFrame:
     """Turns and content tokens per role (chat), without the template's own tokens."""
     stats: dict[str, list[int]] = {}
     for r in rows:
-        for m in r["messages"]:
-            stats.setdefault(m["role"], []).append(len(tokenizer(m["content"], add_special_tokens=False)["input_ids"]))
+        for role, text in row_texts(r):
+            stats.setdefault(role, []).append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
     return pd.DataFrame([{"role": role, "turns": len(v), "tokens": int(sum(v)),
                           "tokens_per_turn": round(float(np.mean(v)), 1)} for role, v in stats.items()])
 
 
 def turns_per_chat(rows: list[dict]) -> pd.DataFrame:
     """How many chats have 1, 2, ... user turns (exchanges)."""
-    counts = Counter(sum(m["role"] == "user" for m in r["messages"]) for r in rows)
+    counts = Counter(sum(role == "user" for role, _ in row_texts(r)) for r in rows)
     return pd.DataFrame(sorted(counts.items()), columns=["user_turns", "chats"])
 
 
@@ -248,122 +246,11 @@ def top_groups(rows: list[dict], n: int) -> list[str]:
     return [g for g, _ in Counter(r[key] for r in rows if r.get(key)).most_common(n)] if key else []
 
 
-# ---------------------------------------------------------------- words
-
-def words_text(row: dict) -> str:
-    """The text whose words are counted: no links, emails, @handles or entities (the noise table counts those)."""
-    text = clean.analysis_text(row)
-    for rx in (clean.URL_RE, clean.EMAIL_RE, clean.USER_RE):
-        text = rx.sub(" ", text)
-    return html.unescape(text)
-
-
-def count_words(texts: list[str], n: int = 1):
-    """A fitted CountVectorizer and the document-term matrix of n-grams, stop words removed."""
-    from sklearn.feature_extraction.text import CountVectorizer
-
-    vec = CountVectorizer(ngram_range=(n, n), token_pattern=TOKEN_PATTERN,
-                          stop_words=sorted(clean.stop_words() | FILLER_WORDS))
-    return vec, vec.fit_transform(texts)
-
-
-def top_ngrams(texts: list[str], n: int, top: int) -> pd.DataFrame:
-    """The most frequent n-grams (stop words removed) with their counts."""
-    try:
-        vec, matrix = count_words(texts, n)
-    except ValueError:  # every word was a stop word, or no text
-        return pd.DataFrame(columns=["ngram", "count"])
-    counts = np.asarray(matrix.sum(axis=0)).ravel()
-    names = vec.get_feature_names_out()
-    order = np.lexsort((names, -counts))[:top]  # most frequent first, ties alphabetical: stable output
-    return pd.DataFrame({"ngram": names[order], "count": counts[order]})
-
-
-def ngrams_by_group(rows: list[dict], groups: list[str], n: int, top: int) -> pd.DataFrame:
-    """Top n-grams of each group side by side (one column per label or topic)."""
-    key = group_key(rows)
-    cols = {}
-    for g in groups:
-        df = top_ngrams([words_text(r) for r in rows if r.get(key) == g], n, top)
-        cols[g] = [f"{w} ({c})" for w, c in zip(df["ngram"], df["count"])] + [""] * (top - len(df))
-    return pd.DataFrame(cols)
-
-
-def word_frequencies(texts: list[str]) -> dict[str, int]:
-    """Word counts with stop words removed (what a word cloud draws)."""
-    df = top_ngrams(texts, 1, 10**6)
-    return dict(zip(df["ngram"], df["count"].astype(int)))
-
-
-def frequencies_by_group(rows: list[dict], groups: list[str]) -> dict[str, dict[str, int]]:
-    """Word frequencies of all rows, then of each given label or topic (what the clouds draw)."""
-    key = group_key(rows)
-    out = {"all rows": word_frequencies([words_text(r) for r in rows])}
-    for g in groups:
-        out[f"{key}: {g}"] = word_frequencies([words_text(r) for r in rows if r.get(key) == g])
-    return out
-
-
-def wordcloud_figure(freqs: dict[str, dict[str, int]], max_words: int, seed: int):
-    """Word clouds side by side, one per title -> word frequencies."""
-    import matplotlib.pyplot as plt
-    from wordcloud import WordCloud
-
-    freqs = {t: f for t, f in freqs.items() if f}
-    cols = 1 if len(freqs) == 1 else 2
-    rows_n = math.ceil(len(freqs) / cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(7.5, 2.2 * rows_n * (2 if cols == 1 else 1) + 0.3), squeeze=False)
-    for ax, (title, f) in zip(axes.ravel(), freqs.items()):
-        cloud = WordCloud(width=800, height=400, background_color="white", max_words=max_words,
-                          random_state=seed).generate_from_frequencies(f)
-        ax.imshow(cloud, interpolation="bilinear")
-        ax.set_title(title)
-    for ax in axes.ravel():
-        ax.axis("off")
-    fig.tight_layout()
-    return fig
-
-
-def topics(texts: list[str], k: int, words: int, seed: int) -> tuple[pd.DataFrame, list[int]]:
-    """NMF topics on TF-IDF: top words and size per topic, and each text's topic (-1: none)."""
-    from sklearn.decomposition import NMF
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    # min_df=2: a word in one text cannot tie texts together; max_df=0.5: a word in most texts
-    # (a greeting, the product name) would be in every topic.
-    vec = TfidfVectorizer(token_pattern=TOKEN_PATTERN, stop_words=sorted(clean.stop_words() | FILLER_WORDS),
-                          min_df=2, max_df=0.5, max_features=5000)
-    try:
-        tfidf = vec.fit_transform(texts)
-    except ValueError:  # too few texts or words
-        return pd.DataFrame(columns=["topic", "rows", "share", "top_words"]), [-1] * len(texts)
-    k = min(k, tfidf.shape[0], tfidf.shape[1])
-    if k < 1:
-        return pd.DataFrame(columns=["topic", "rows", "share", "top_words"]), [-1] * len(texts)
-    nmf = NMF(n_components=k, init="nndsvda", random_state=seed, max_iter=400)
-    weights = nmf.fit_transform(tfidf)  # (texts, k)
-    assigned = [int(w.argmax()) if w.max() > 0 else -1 for w in weights]
-    vocab = vec.get_feature_names_out()
-    sizes = Counter(assigned)
-    lines = [{"topic": t, "rows": sizes.get(t, 0), "share": round(sizes.get(t, 0) / len(texts), 3),
-              "top_words": ", ".join(vocab[i] for i in comp.argsort()[::-1][:words])}
-             for t, comp in enumerate(nmf.components_)]
-    if sizes.get(-1):  # rows whose every word was a stop word, or too rare or too common to count
-        lines.append({"topic": -1, "rows": sizes[-1], "share": round(sizes[-1] / len(texts), 3),
-                      "top_words": "(none: no word left after stop, rare and common words are removed)"})
-    return pd.DataFrame(lines), assigned
-
-
-def topic_metrics(table: pd.DataFrame) -> dict:
-    """Rows per NMF topic, keyed by its top words, for metrics["explore"]."""
-    return {"nmf_topics": {w: int(n) for w, n in zip(table["top_words"], table["rows"])}}
-
-
 # ---------------------------------------------------------------- duplicates, outliers, noise
 
 def exact_duplicates(rows: list[dict]) -> int:
     """Rows that repeat an earlier row (same text, case and spacing aside)."""
-    counts = Counter(clean.dedup_key(r) for r in rows)
+    counts = Counter(measures.dedup_key(r) for r in rows)
     return sum(n - 1 for n in counts.values())
 
 
@@ -372,10 +259,10 @@ def near_duplicates(rows: list[dict], threshold: float, seed: int) -> pd.DataFra
     # Exact copies are counted by exact_duplicates; pairing them again would bury the near ones.
     firsts = {}
     for r in rows:
-        firsts.setdefault(clean.dedup_key(r), r)
+        firsts.setdefault(measures.dedup_key(r), r)
     rows = list(firsts.values())  # dicts keep insertion order: first copies, in file order
-    texts = [clean.analysis_text(r) for r in rows]
-    pairs = clean.similar_pairs(texts, threshold, seed)
+    texts = [measures.analysis_text(r) for r in rows]
+    pairs = measures.similar_pairs(texts, threshold, seed)
     df = pd.DataFrame([{"similarity": round(s, 3), "source_a": rows[i]["source"], "source_b": rows[j]["source"],
                         "text_a": texts[i][:120], "text_b": texts[j][:120]} for i, j, s in pairs],
                       columns=["similarity", "source_a", "source_b", "text_a", "text_b"])
@@ -390,9 +277,9 @@ def duplicate_metrics(rows: list[dict], pairs: pd.DataFrame, outliers: pd.DataFr
 
 def length_outliers(rows: list[dict], lengths: pd.DataFrame, k: float) -> pd.DataFrame:
     """Rows outside Tukey's fences on token length (Q1 - k*IQR, Q3 + k*IQR), longest first."""
-    lo, hi = clean.iqr_fences(lengths["tokens"].tolist(), k)
+    lo, hi = measures.iqr_fences(lengths["tokens"].tolist(), k)
     df = pd.DataFrame({"source": [r["source"] for r in rows], "tokens": lengths["tokens"],
-                       "text": [clean.analysis_text(r)[:120] for r in rows]})
+                       "text": [measures.analysis_text(r)[:120] for r in rows]})
     out = df[(df["tokens"] < lo) | (df["tokens"] > hi)].sort_values("tokens", ascending=False)
     return out.assign(fences=f"[{lo:.0f}, {hi:.0f}]").reset_index(drop=True)
 
@@ -408,27 +295,27 @@ def _mojibake_re() -> re.Pattern:
 
 
 NOISE = {  # indicator -> pattern; each says where cleaning or care is needed
-    "url": lambda: clean.URL_RE,
-    "html_tag": lambda: clean.HTML_TAG_RE,
-    "html_entity": lambda: clean.HTML_ENTITY_RE,
-    "email": lambda: clean.EMAIL_RE,
-    "phone": lambda: clean.PHONE_RE,
-    "@handle": lambda: clean.USER_RE,
+    "url": lambda: textrules.URL_RE,
+    "html_tag": lambda: textrules.HTML_TAG_RE,
+    "html_entity": lambda: textrules.HTML_ENTITY_RE,
+    "email": lambda: textrules.EMAIL_RE,
+    "phone": lambda: textrules.PHONE_RE,
+    "@handle": lambda: textrules.USER_RE,
     "non_ascii": lambda: NON_ASCII_RE,
-    "control_chars": lambda: clean.CONTROL_RE,
+    "control_chars": lambda: textrules.CONTROL_RE,
     "mojibake": _mojibake_re,
 }
 
 
 def noise_indicators(rows: list[dict], examples: int) -> pd.DataFrame:
     """Share of rows with URLs, HTML, emails, phones, handles, non-ASCII, control chars, mojibake."""
-    texts = [clean.analysis_text(r) for r in rows]
+    texts = [measures.analysis_text(r) for r in rows]
     lines = []
     for name, pattern in NOISE.items():
         rx = pattern()
         hits = [(t, m) for t in texts if (m := rx.search(t))]
         # Each example is cut around the finding, which is often at the end of a long text.
-        shown = [clean.visible(t[max(0, m.start() - 30):m.end() + 30]) for t, m in hits[:examples]]
+        shown = [visible(t[max(0, m.start() - 30):m.end() + 30]) for t, m in hits[:examples]]
         lines.append({"indicator": name, "rows": len(hits), "share": round(len(hits) / max(len(texts), 1), 4),
                       "examples": " | ".join(shown)})
     return pd.DataFrame(lines)
