@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from helpers import chat, data, export, models, predict
+from helpers import chat, data, export, models, predict, readers, schema
 from helpers.config import load_config
 
 SUPPORT_SYSTEM = json.loads(open("data/support-chats.jsonl", encoding="utf-8").readline())["messages"][0]["content"]
@@ -64,11 +64,11 @@ def test_unlabelled_classification_files_read_with_stage_01s_reader(tmp_path):
     cfg = load_config("params/smoke-sentiment.yaml")
     path = tmp_path / "new.csv"
     path.write_text('text,other\nfine flight,1\n"",2\nbad crew,3\n', encoding="utf-8")
-    out = data.load_file(path, cfg, labelled=False)
+    out = readers.load_file(path, cfg, labelled=False)
     assert [(r["source"], r["label"]) for r in out.rows] == [("new.csv:2", ""), ("new.csv:4", "")]
     assert [(p["source"], p["reason"]) for p in out.problems] == [("new.csv:3", "empty text")]
-    with pytest.raises(data.DataError, match=r"missing column\(s\) \['label'\]"):  # training still needs labels
-        data.load_file(path, cfg)
+    with pytest.raises(schema.DataError, match=r"missing column\(s\) \['label'\]"):  # training still needs labels
+        readers.load_file(path, cfg)
 
 
 # ---------------------------------------------------------------- slow: the smoke models

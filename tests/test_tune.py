@@ -6,7 +6,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
 
-from helpers import adapters, chat, clean, data, evaluation, models, paths, precision, runs, tasks, trainer, training, tune
+from helpers import adapters, chat, clean, data, evaluation, models, paths, precision, runs, schema, tasks, trainer, training, tune
 from helpers.tasks import classification
 from helpers.config import ConfigError, apply_overrides, load_config
 
@@ -51,7 +51,7 @@ def test_example_without_answer_tokens_is_an_error_naming_the_row():
                                                          {"role": "assistant", "content": "ok"}]}
     fine = {"id": "fine", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
     assert len(tasks.chat.encode(tok, [fine], None, 40, "train")) == 1
-    with pytest.raises(data.DataError, match=r"support-chats\.jsonl:7.*model\.max_length"):
+    with pytest.raises(schema.DataError, match=r"support-chats\.jsonl:7.*model\.max_length"):
         tasks.chat.encode(tok, [fine, long], None, 40, "train")
 
 
@@ -140,7 +140,7 @@ def test_class_weights_are_balanced_and_need_every_label():
     assert classification.class_weights(rows, ["a", "b"]).tolist() == pytest.approx([4 / 6, 2.0], abs=1e-4)
     assert classification.class_weights(rows, ["b", "a"]).tolist() == pytest.approx([2.0, 4 / 6], abs=1e-4)
     assert classification.class_weights(rows, ["a", "b"]).tolist() == pytest.approx(list(clean.class_weights(rows).values()))
-    with pytest.raises(data.DataError, match="'c'"):
+    with pytest.raises(schema.DataError, match="'c'"):
         classification.class_weights(rows, ["a", "b", "c"])
 
 

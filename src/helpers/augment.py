@@ -20,8 +20,6 @@ from . import chat
 from .config import AugmentOp, Config, ConfigError
 from .schema import INPUT_ROLES, row_texts, with_text
 from .textops import TEXT_OPS, placeholders
-# evaluation.perturb_rows looks its noise ops up as getattr(augment, op): they live in textops now.
-from .textops import case, delete, punct, swap, synonym, typo  # noqa: F401
 
 OPS = list(get_args(AugmentOp))  # one list of names: the config rejects any other op up front
 CHAT_ONLY = {"persona", "multiturn", "paraphrase"}  # they could change a text's label

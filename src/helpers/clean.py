@@ -18,6 +18,7 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from .bookkeeping import Ledger, accounting, split_key  # noqa: F401  (accounting: the last of STEPS)
+from . import metrics as scores
 from .config import Config
 from .measures import analysis_text, dedup_key, iqr_fences, similar_pairs, symbol_share, token_lengths
 from .schema import DataError, row_texts, with_texts
@@ -251,12 +252,8 @@ def balance(train: list[dict], cfg: Config, ledger: Ledger) -> list[dict]:
 
 
 def class_weights(train: list[dict]) -> dict[str, float]:
-    """'Balanced' class weights n / (k * n_label) of the training labels, for a weighted loss."""
-    from sklearn.utils.class_weight import compute_class_weight
-
-    labels = sorted({r["label"] for r in train})
-    weights = compute_class_weight("balanced", classes=np.array(labels), y=[r["label"] for r in train])
-    return {l: round(float(w), 4) for l, w in zip(labels, weights)}
+    """'Balanced' class weights n / (k * n_label) of the training labels (what training uses with tune.class_weights)."""
+    return scores.balanced_class_weights([r["label"] for r in train])
 
 
 # ---------------------------------------------------------------- what 02 records

@@ -260,7 +260,7 @@ class EvaluateParams(Section):
     # Seeded bootstrap resamples behind every 95% interval: 500 keeps the interval ends
     # stable to about the second digit and costs well under a second on numpy.
     bootstrap_resamples: int = Field(500, ge=50)
-    # Chat: test prompts re-scored after helpers.augment's noise ops, at augment.word_share (the
+    # Chat: test prompts re-scored after helpers.textops' noise ops, at augment.word_share (the
     # noise level training was augmented with, so the table shows what augmentation bought);
     # each op costs one more scoring pass per model, so two by default; [] = skip.
     robustness_ops: list[Literal["typo", "case", "punct", "synonym", "swap", "delete"]] = ["typo", "case"]

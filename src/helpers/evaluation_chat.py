@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import augment, chat, inference, metrics, plots
+from . import chat, inference, metrics, plots, textops
 from .config import Config
 from .evaluation import ci_text
 
@@ -236,9 +236,9 @@ def answer_metrics(quality: pd.DataFrame, latency: pd.DataFrame) -> dict[str, An
 
 
 def perturb_rows(rows: list[dict], op: str, seed: int, share: float) -> list[dict]:
-    """The rows with every user message noised by helpers.augment's op of that name (typo, case,
+    """The rows with every user message noised by helpers.textops' op of that name (typo, case,
     punct, synonym, swap, delete); answers and system prompts stay as they are."""
-    noise = getattr(augment, op)  # evaluate.robustness_ops (a Literal in the config) names only these
+    noise = getattr(textops, op)  # evaluate.robustness_ops (a Literal in the config) names only these
     rng = random.Random(f"{seed}-robustness-{op}")  # its own stream: adding an op leaves the others unchanged
     return [{**r, "messages": [{**m, "content": noise(m["content"], rng, share)} if m["role"] == "user" else m
                                for m in r["messages"]]} for r in rows]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import chat, data, paths
+from . import chat, data, paths, schema
 from .runs import Run, read_json, write_json
 
 OUTTYPES = ("f16", "q8_0")  # the converter's --outtype values we offer (f16 keeps the weights as trained)
@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             write_json(out / "check.json", res)
         else:
             res = export_run(run, a.quant or "f16", a.prompts, a.max_new_tokens)
-    except (ExportError, data.DataError) as e:
+    except (ExportError, schema.DataError) as e:
         print(f"export failed: {e}", file=sys.stderr)
         return 1
     if "passed" not in res:

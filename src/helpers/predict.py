@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, evaluation, evaluation_classification, inference
+from . import data, evaluation, evaluation_classification, inference, readers, schema
 from .runs import Run
 
 
@@ -64,7 +64,7 @@ def predict_file(run: Run, input_path: Path, output: Path | None = None,
                            f"{cfg.data.text_column!r} column")
     reading = cfg.model_copy(deep=True)
     reading.data.format = "auto"  # the new file's own type, whatever the training data was
-    loaded = data.load_file(input_path, reading, labelled=False)
+    loaded = readers.load_file(input_path, reading, labelled=False)
     out, problems = output_paths(run, input_path, output)
     model, tok = evaluation.load_tuned(run, cfg)
     labels = inference.model_labels(model)
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         out, problems, n, bad = predict_file(run, Path(a.input), Path(a.output) if a.output else None, a.batch_size)
-    except (PredictError, data.DataError, FileNotFoundError) as e:
+    except (PredictError, schema.DataError, FileNotFoundError) as e:
         print(f"predict failed: {e}", file=sys.stderr)
         return 1
     print(f"{n} rows labelled: {out}")

@@ -39,7 +39,7 @@ from matplotlib.ticker import MaxNLocator
 from optuna.trial import TrialState
 from transformers import TrainerCallback
 
-from . import artifacts, data, plots, runs, training
+from . import artifacts, plots, runs, schema, training
 from .config import Config, ConfigError, apply_overrides, to_yaml
 from .runs import Run
 
@@ -498,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("search: trials are scored on validation rows, and this run has none")
         study = open_study(run, cfg, space)
         ran = run_trials(run, cfg, study, space, train_rows, val_rows)
-    except (ConfigError, data.DataError) as e:
+    except (ConfigError, schema.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     states = [t.state for t in study.get_trials(deepcopy=False)]

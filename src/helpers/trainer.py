@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from . import chat, data, inference
+from . import chat, inference, schema
 
 
 class TuneTrainer(Trainer):
@@ -121,7 +121,7 @@ class TuneTrainer(Trainer):
 def eval_shard(n_rows: int, batch_size: int, processes: int, rank: int) -> list[list[int]]:
     """One process's validation batches: a contiguous 1/N of the rows, in as many batches as every process."""
     if n_rows < processes:
-        raise data.DataError(f"the validation split has {n_rows} row(s), fewer than the {processes} training "
+        raise schema.DataError(f"the validation split has {n_rows} row(s), fewer than the {processes} training "
                              f"processes; launch fewer processes or give data.split.validation more rows")
     rows = list(range(rank * n_rows // processes, (rank + 1) * n_rows // processes))
     # The same count for all (the largest share's), each batch at most batch_size rows; with

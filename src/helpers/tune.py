@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import adapters, artifacts, chat, crossval, data, plots, runs, search, training
+from . import adapters, artifacts, chat, crossval, data, plots, runs, schema, search, training
 from .config import Config, ConfigError, apply_overrides, to_yaml
 from .runs import Run
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         if record and "run" in locals():
             runs.record_stage(run, NOTEBOOK, status="failed", seconds=round(time.perf_counter() - started, 1),
                               error=f"{type(e).__name__}: {e}")
-        if isinstance(e, (ConfigError, data.DataError, chat.ChatTemplateError)):
+        if isinstance(e, (ConfigError, schema.DataError, chat.ChatTemplateError)):
             print(f"error: {e}", file=sys.stderr)
             return 2
         raise

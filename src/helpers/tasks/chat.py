@@ -14,7 +14,7 @@ from datasets import Dataset
 from peft import TaskType
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, TrainerCallback
 
-from .. import chat, data, models
+from .. import chat, data, models, schema
 from ..config import Config, ConfigError
 
 # Decoders whose attention masks packed rows per example (transformers' masking utils detect
@@ -36,7 +36,7 @@ def encode(tokenizer, rows: list[dict], labels: None, max_length: int, split: st
     encoded = [chat.encode(tokenizer, r["messages"], max_length) for r in rows]
     empty = [r["id"] for r, e in zip(rows, encoded) if e.n_loss_tokens == 0]
     if empty:
-        raise data.DataError(
+        raise schema.DataError(
             f"{len(empty)} {split} example(s) have no assistant token left after cutting to model.max_length="
             f"{max_length}, so they cannot teach anything: {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}. "
             f"Raise model.max_length, or shorten their prompts (02-clean drops rows over clean.max_tokens).")

@@ -15,7 +15,7 @@ from datasets import Dataset
 from peft import TaskType
 from transformers import DataCollatorWithPadding
 
-from .. import data, metrics, models
+from .. import metrics, models, schema
 from ..config import Config
 
 HEAD_NAMES = ("classifier", "score")  # classification heads: new, so always fully trained
@@ -26,7 +26,7 @@ BF16_FROZEN_BASE = False
 
 def labels(cfg: Config, rows: list[dict]) -> list[str]:
     """The label set in a fixed order: data.labels when given, else every label of the train rows."""
-    return list(cfg.data.labels) if cfg.data.labels else data.labels_of(rows)
+    return list(cfg.data.labels) if cfg.data.labels else schema.labels_of(rows)
 
 
 def encode(tokenizer, rows: list[dict], labels: list[str], max_length: int, split: str) -> Dataset:
@@ -34,7 +34,7 @@ def encode(tokenizer, rows: list[dict], labels: list[str], max_length: int, spli
     index = {label: i for i, label in enumerate(labels)}
     unknown = [f"{r['id']} ({r['label']!r})" for r in rows if r["label"] not in index]
     if unknown:
-        raise data.DataError(f"{len(unknown)} {split} row(s) have a label outside {labels}: "
+        raise schema.DataError(f"{len(unknown)} {split} row(s) have a label outside {labels}: "
                              f"{', '.join(unknown[:5])}; set data.labels or fix the rows")
     enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)
     return Dataset.from_dict({**enc, "labels": [index[r["label"]] for r in rows]})
@@ -77,7 +77,7 @@ def class_weights(rows: list[dict], labels: list[str]):
     # (the clean train split): augmentation can shift the label mix, and the loss sees these rows.
     missing = sorted(set(labels) - {r["label"] for r in rows})
     if missing:
-        raise data.DataError(f"tune.class_weights: label(s) {missing} have no training rows, so their weight is "
+        raise schema.DataError(f"tune.class_weights: label(s) {missing} have no training rows, so their weight is "
                              f"undefined; add rows or drop them from data.labels")
     weights = metrics.balanced_class_weights([r["label"] for r in rows])
     return torch.tensor([weights[label] for label in labels], dtype=torch.float32)
