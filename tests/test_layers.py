@@ -16,7 +16,7 @@ LAYERS = {
     "base": ["paths", "config", "runs", "data", "schema", "textfile", "readers", "chat", "models", "metrics",
              "artifacts", "plots", "precision", "measures", "textrules", "bookkeeping", "words", "textops"],
     "engine": ["inference", "adapters", "trainer", "training", "tasks", "tasks.chat", "tasks.classification"],
-    "drivers": ["search", "crossval"],
+    "drivers": ["search", "search_study", "search_report", "crossval"],
     "stages": ["explore", "clean", "augment", "tune", "evaluation", "evaluation_chat", "evaluation_classification",
                "report"],
     "entry": ["pipeline", "sweep", "sweep_report", "reuse", "export", "predict", "serving", "chatbot", "webchat",

@@ -11,7 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from helpers import data, paths, runs, search
+from helpers import data, paths, runs, search, search_study
 from helpers.config import apply_overrides, load_config
 
 SMOKE_SENTIMENT = paths.PARAMS / "smoke-sentiment.yaml"
@@ -57,7 +57,7 @@ def worker(run: runs.Run) -> subprocess.Popen:
     """One `python -m helpers.search` worker on the run's study (what make search-worker starts)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(paths.ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
-    env.pop(search.WORKER_ENV, None)  # each names itself by host and process id
+    env.pop(search_study.WORKER_ENV, None)  # each names itself by host and process id
     return subprocess.Popen([sys.executable, "-m", "helpers.search", "--run-dir", str(run.dir)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -67,17 +67,17 @@ def worker(run: runs.Run) -> subprocess.Popen:
 def test_postgresql_urls_use_psycopg_3_and_rdb_storages_beat(tmp_path):
     cfg = apply_overrides(load_config(SMOKE_SENTIMENT), {"search.storage": "postgresql://me@db:5432/optuna"})
     run = runs.create_run(cfg, reports=tmp_path)
-    assert search.storage_url(run, cfg) == "postgresql+psycopg://me@db:5432/optuna"
-    local = search.storage(run, load_config(SMOKE_SENTIMENT, {"search.heartbeat_seconds": 7}))
+    assert search_study.storage_url(run, cfg) == "postgresql+psycopg://me@db:5432/optuna"
+    local = search_study.storage(run, load_config(SMOKE_SENTIMENT, {"search.heartbeat_seconds": 7}))
     assert isinstance(local, optuna.storages.RDBStorage) and local.get_heartbeat_interval() == 7
     bad = apply_overrides(cfg, {"search.storage": "postgresql://me@/optuna?host=/nonexistent-socket-dir"})
     with pytest.raises(search.ConfigError, match="search.storage: cannot open postgresql"):
-        search.open_study(run, bad, {})
+        search_study.open_study(run, bad, {})
 
 
 def test_a_dead_workers_running_trial_is_failed_and_a_live_ones_kept(tmp_path):
     run = runs.create_run(load_config(SMOKE_SENTIMENT), reports=tmp_path)
-    study = optuna.create_study(storage=search.storage(run, run.config()), study_name="s")
+    study = optuna.create_study(storage=search_study.storage(run, run.config()), study_name="s")
     gone = subprocess.Popen(["true"])
     gone.wait()  # reaped: its process id is free
     dead, elsewhere, alive = study.ask(), study.ask(), study.ask()
@@ -90,11 +90,11 @@ def test_a_dead_workers_running_trial_is_failed_and_a_live_ones_kept(tmp_path):
 
 def test_a_trial_started_when_the_study_is_full_never_trains(tmp_path, tweets):
     run, cfg = make_run(tmp_path, tweets, **{"search.n_trials": 2})
-    study = search.open_study(run, cfg, search.parse_space(cfg))
+    study = search_study.open_study(run, cfg, search_study.parse_space(cfg))
     for value in (1.0, 2.0):
         study.tell(study.ask(), value)
     with pytest.raises(search.SurplusTrial, match="2 trials before it already fill search.n_trials=2"):
-        search.objective(study.ask(), run, cfg, search.parse_space(cfg), tweets[:8], tweets[8:16])
+        search.objective(study.ask(), run, cfg, search_study.parse_space(cfg), tweets[:8], tweets[8:16])
     assert not (run.model / "search").exists()  # nothing trained
 
 
@@ -122,7 +122,7 @@ def test_two_workers_fill_one_study_and_a_killed_one_leaves_it_usable(tmp_path, 
     out_a, _ = a.communicate(timeout=600)
     assert a.returncode == 0, out_a[-3000:]
 
-    study = optuna.load_study(study_name=name, storage=search.storage(run, cfg))
+    study = optuna.load_study(study_name=name, storage=search_study.storage(run, cfg))
     trials = study.get_trials()
     finished = [t for t in trials if t.state in search.FINISHED]
     assert len(finished) == N_TRIALS  # exactly search.n_trials, though two workers raced for them
