@@ -48,12 +48,24 @@ def test_a_misspelt_task_tag_is_an_error_naming_the_cell():
         stagerun.task_cells(small_notebook(), "regression")
 
 
+def erased_bar():
+    """What a tqdm bar with leave=False writes: its redraws, then blanks over itself."""
+    from tqdm import tqdm
+
+    out = io.StringIO()
+    for _ in tqdm(range(3), file=out, desc="Loading", leave=False, mininterval=0):
+        pass
+    assert "Loading" in out.getvalue()
+    return out.getvalue()
+
+
 def test_tidy_streams_keeps_each_bars_last_state_and_other_outputs():
     cell = new_code_cell("train()")
     redraws = ["\rtrain:   0%|          | 0/4 [00:00<?, ?it/s]"] + [
         f"\rtrain: {25 * i:3d}%|███       | {i}/4 [00:0{i}<00:01,  1.00it/s]" for i in range(1, 5)]
     cell.outputs = [new_output("stream", name="stderr", text=t) for t in redraws + ["\n"]]
     cell.outputs += [new_output("stream", name="stdout", text="done\n"),
+                     new_output("stream", name="stderr", text=erased_bar()),
                      new_output("display_data", data={"text/plain": "table"})]
     (tidy,) = stagerun.tidy_streams(new_notebook(cells=[cell])).cells
     assert [o.output_type for o in tidy.outputs] == ["stream", "stream", "display_data"]

@@ -52,7 +52,10 @@ def run_notebook(run: Run, name: str, key: dict | None = None, progress: Progres
     record_stage(run, name, status="running")
     try:
         pm.execute_notebook(nb, str(out), kernel_name=KERNEL, parameters={"run_dir": str(run.dir.resolve())},
-                            cwd=str(paths.NOTEBOOKS), progress_bar=False, log_output=False, stderr_file=progress)
+                            cwd=str(paths.NOTEBOOKS), progress_bar=False, log_output=False, stderr_file=progress,
+                            # the kernel's own log (e.g. "running over TCP without encryption": it only
+                            # listens on localhost) would break the stage's line in the terminal
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
     except PapermillExecutionError as e:
         seconds = time.perf_counter() - start
         record_stage(run, name, status="failed", seconds=round(seconds, 1), error=f"{e.ename}: {e.evalue}")

@@ -46,10 +46,14 @@ def task_cells(nb, task: str, name: str = "notebook"):
 
 def tidy_streams(nb):
     """Merge each cell's consecutive stream outputs and keep only the last redraw of every
-    carriage-returned line (nbconvert's CoalesceStreamsPreprocessor), as a terminal would show them."""
+    carriage-returned line (nbconvert's CoalesceStreamsPreprocessor), as a terminal would show them;
+    a stream left blank (a bar that erased itself) is dropped."""
     from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
     nb, _ = CoalesceStreamsPreprocessor().preprocess(nb, {})
+    for cell in nb.cells:
+        if cell.get("outputs"):
+            cell.outputs = [o for o in cell.outputs if o.output_type != "stream" or o.text.strip()]
     return nb
 
 
