@@ -78,7 +78,7 @@ def test_progress_echo_shows_progress_lines_only():
     echo = stagerun.ProgressEcho("  04-tune-model ...", out, log_interval=0)
     echo.write("Some warning from a library\n")
     echo.write("\r 10%|█         | 2/20 [00:01<00:09,  2.00it/s, loss=3.2]")
-    echo.write("\rEvaluating: 3it [00:02,  1.50it/s]")
+    echo.write("\n\x1b[A\rEvaluating: 3it [00:02,  1.50it/s]")  # a nested bar, one line down
     echo.close()
     assert out.getvalue() == ("\n    10%|█         | 2/20 [00:01<00:09,  2.00it/s, loss=3.2]"
                               "\n    Evaluating: 3it [00:02,  1.50it/s]\n  04-tune-model ...")

@@ -23,6 +23,7 @@ from .config import Task
 TASK_TAG = "task-"
 TASKS = get_args(Task)
 # tqdm's bar ("45%|████▌     | 9/20") or its time bracket ("[00:12<00:15" / "[00:12, 3.1it/s]")
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # tqdm moves the cursor between nested bars
 PROGRESS = re.compile(r"\d+%\||\[\d+:\d\d(?::\d\d)?(?:<|,|\])")
 
 
@@ -71,7 +72,7 @@ class ProgressEcho:
 
     def write(self, text: str) -> int:
         """Take kernel stderr text; draw its last progress line if it is time to."""
-        lines = [s.strip() for s in re.split(r"[\r\n]", text) if PROGRESS.search(s)]
+        lines = [s.strip() for s in re.split(r"[\r\n]", ANSI.sub("", text)) if PROGRESS.search(s)]
         if lines:
             self.last = lines[-1]
             if time.monotonic() - self.shown_at >= self.interval:
