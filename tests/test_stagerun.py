@@ -1,5 +1,6 @@
 """Around one Papermill execution: task-tagged cells dropped, progress shown live, outputs tidied."""
 import io
+import os
 import time
 
 import nbformat
@@ -105,6 +106,18 @@ def test_progress_echo_on_a_terminal_redraws_one_line_and_clears_it():
     echo.close()
     text = out.getvalue()
     assert "\n" not in text and text.count("\r  04 ... ") == 2 and text.endswith("\r  04 ...")
+
+
+def test_progress_echo_on_a_narrow_terminal_keeps_the_numbers(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(stagerun.shutil, "get_terminal_size", lambda: os.terminal_size((60, 20)))
+    out = Terminal()
+    echo = stagerun.ProgressEcho("  04 ...", out, interval=0)
+    echo.write("\rtrain:  45%|" + "█" * 40 + " " * 50 + "| 9/20 [00:12<00:15, loss=2.1]")
+    assert out.getvalue() == "\r  04 ... train:  45%| 9/20 [00:12<00:15, loss=2.1]"
 
 
 def test_run_notebook_streams_progress_live_and_keeps_only_the_runs_task(reports, monkeypatch, tmp_path):

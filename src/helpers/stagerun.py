@@ -86,7 +86,9 @@ class ProgressEcho:
         self.shown_at, self.shown, self.drawn = time.monotonic(), self.shown + 1, line
         if self.tty:
             columns = shutil.get_terminal_size().columns - 1
-            text = f"{self.prefix} {line}"[:columns]
+            text = f"{self.prefix} {line}"
+            if len(text) > columns:  # the kernel sized its bar to the terminal: keep the numbers, not the bar
+                text = f"{self.prefix} {re.sub(r'[|][^|]*[|]', '|', line, count=1)}"[:columns]
             self.out.write("\r" + text.ljust(self.width))
             self.width = len(text)
         else:
