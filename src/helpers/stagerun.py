@@ -22,8 +22,8 @@ from .config import Task
 
 TASK_TAG = "task-"
 TASKS = get_args(Task)
-# tqdm's bar ("45%|████▌     | 9/20") or its time bracket ("[00:12<00:15" / "[00:12, 3.1it/s]")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # tqdm moves the cursor between nested bars
+# tqdm's bar ("45%|████▌     | 9/20") or its time bracket ("[00:12<00:15" / "[00:12, 3.1it/s]")
 PROGRESS = re.compile(r"\d+%\||\[\d+:\d\d(?::\d\d)?(?:<|,|\])")
 
 
