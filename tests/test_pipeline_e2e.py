@@ -1,12 +1,14 @@
 """End to end: the six notebooks through Papermill on the smoke profiles, real bundled models."""
+import html as htmllib
 import json
 import math
 import re
 
+import nbformat
 import pandas as pd
 import pytest
 
-from helpers import pipeline
+from helpers import paths, pipeline, stagerun
 
 pytestmark = pytest.mark.slow
 
@@ -22,6 +24,28 @@ def run_pipeline(params, reports, monkeypatch, *extra):
 def artifact(folder, name, kind):
     entries = json.loads((folder / "artifacts.json").read_text())
     return next(e for e in entries if e["name"] == name and e["kind"] == kind)
+
+
+def assert_only_task(folder, task):
+    """The executed notebooks and their HTML hold the run's task-tagged cells and none of the other task's:
+    no cell, no heading, no "only: skipped" line (the source notebooks have both, e.g. 05)."""
+    other = {"chat": "classification", "classification": "chat"}[task]
+    seen_other = 0
+    for name in pipeline.NOTEBOOKS:
+        source = nbformat.read(paths.NOTEBOOKS / f"{name}.ipynb", as_version=4).cells
+        executed = nbformat.read(folder / "notebooks" / f"{name}.ipynb", as_version=4).cells
+        page = (folder / "notebooks" / f"{name}.html").read_text()
+        ran = [c.source for c in executed]
+        own = [c.source for c in source if task in stagerun.cell_tasks(c)]
+        assert all(s in ran for s in own), f"{name}: a {task} cell is missing from the {task} run"
+        for cell in (c for c in source if stagerun.cell_tasks(c) == {other}):
+            seen_other += 1
+            assert cell.source not in ran, f"{name}: a {other} cell was executed in a {task} run"
+            for heading in re.findall(r"^#+ (.+)$", cell.source, re.M):
+                assert htmllib.escape(heading, quote=False) not in page, f"{name}.html shows {heading!r}"
+        outputs = "".join(o.get("text", "") for c in executed for o in c.get("outputs", []))
+        assert "only: skipped" not in outputs and "only (and" not in outputs, name
+    assert seen_other, f"no notebook has {other}-only cells: the check above checked nothing"
 
 
 def test_chat_smoke_end_to_end(reports, monkeypatch):
@@ -45,6 +69,9 @@ def test_chat_smoke_end_to_end(reports, monkeypatch):
     assert 'alt="' in html and "wordcloud" in html.lower().replace(" ", "")
     assert (folder / "model" / "final" / "model.safetensors").is_file()
     assert (reports / "index.html").is_file() and folder.name in (reports / "index.html").read_text()
+    assert_only_task(folder, "chat")
+    evaluated = nbformat.read(folder / "notebooks" / "05-evaluate-model.ipynb", as_version=4)  # figures inline
+    assert any("image/png" in o.get("data", {}) for c in evaluated.cells for o in c.get("outputs", []))
 
 
 def test_classification_smoke_end_to_end(reports, monkeypatch):
@@ -65,6 +92,7 @@ def test_classification_smoke_end_to_end(reports, monkeypatch):
     roc = artifact(folder, "roc", "figure")
     assert (folder / roc["path"]).stat().st_size > 0
     assert "roc" in html.lower() and "wordcloud" in html.lower().replace(" ", "")
+    assert_only_task(folder, "classification")
 
 
 def test_failing_stage_names_notebook_and_cell_and_keeps_it(reports, monkeypatch, capsys):

@@ -23,6 +23,7 @@ from pathlib import Path
 from . import paths, reuse, sweep
 from .config import Config, ConfigError, load_config
 from .runs import Run, create_run, read_json, record_stage, write_text
+from .stagerun import ProgressEcho, task_cells, tidy_streams
 
 NOTEBOOKS = ["01-explore-data", "02-clean-data", "03-augment-data", "04-tune-model",
              "05-evaluate-model", "06-visualize-results"]
@@ -34,34 +35,55 @@ class StageFailed(RuntimeError):
     """A notebook raised; the message names the notebook and the cell."""
 
 
-def run_notebook(run: Run, name: str, key: dict | None = None) -> float:
+def run_notebook(run: Run, name: str, key: dict | None = None, progress: ProgressEcho | None = None) -> float:
     """Execute one notebook into the run folder, then render it to HTML; returns seconds.
-    On success the manifest records what the stage wrote and its reuse key."""
+    Only the run's task's cells are executed (stagerun.task_cells); the kernel's progress bars go to
+    `progress` live and stay in the notebook as their last state. On success the manifest records
+    what the stage wrote and its reuse key."""
+    import nbformat
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
+    source = paths.NOTEBOOKS / f"{name}.ipynb"
+    nb = task_cells(nbformat.read(source, as_version=4), run.config().experiment.task, source.name)
     out = run.notebooks / f"{name}.ipynb"
     before = reuse.snapshot(run)
     start = time.perf_counter()
     record_stage(run, name, status="running")
     try:
-        pm.execute_notebook(str(paths.NOTEBOOKS / f"{name}.ipynb"), str(out), kernel_name=KERNEL,
-                            parameters={"run_dir": str(run.dir.resolve())}, cwd=str(paths.NOTEBOOKS),
-                            progress_bar=False, log_output=False)
+        pm.execute_notebook(nb, str(out), kernel_name=KERNEL, parameters={"run_dir": str(run.dir.resolve())},
+                            cwd=str(paths.NOTEBOOKS), progress_bar=False, log_output=False, stderr_file=progress,
+                            # the kernel's own log (e.g. "running over TCP without encryption": it only
+                            # listens on localhost) would break the stage's line in the terminal
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
     except PapermillExecutionError as e:
         seconds = time.perf_counter() - start
         record_stage(run, name, status="failed", seconds=round(seconds, 1), error=f"{e.ename}: {e.evalue}")
-        _to_html(out)
+        _finish(out, source)
         first = (e.source or "").strip().splitlines()[:1]
         raise StageFailed(f"{name}.ipynb failed in cell {e.cell_index} ({first[0] if first else ''!r}...): "
                           f"{e.ename}: {e.evalue}\n  the partly executed notebook: {out}") from None
+    finally:
+        if progress:
+            progress.close()
     seconds = time.perf_counter() - start
-    _to_html(out)
+    _finish(out, source)
     reuse.record_outputs(run, name, before, key)
     # "ok" only once the notebook, its HTML and its outputs' record are complete: a run killed
     # before this line shows the stage as "running", and --resume runs it again.
     record_stage(run, name, status="ok", seconds=round(seconds, 1))
     return seconds
+
+
+def _finish(out: Path, source: Path) -> None:
+    """The executed notebook with each progress bar at its last state, named after its source, then its HTML."""
+    import nbformat
+
+    if out.is_file():
+        nb = tidy_streams(nbformat.read(out, as_version=4))
+        nb.metadata.get("papermill", {})["input_path"] = f"notebooks/{source.name}"  # not the in-memory copy
+        write_text(out, nbformat.writes(nb))
+        _to_html(out)
 
 
 # nbconvert's lab template loads require.js, MathJax and mermaid from a CDN: without these blocks
@@ -85,6 +107,16 @@ def _to_html(notebook: Path) -> None:
                                 template_file="tunebook-offline.html.j2", embed_images=True)
         body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
         write_text(notebook.with_suffix(".html"), body)
+
+
+def kernel_env(environ: dict[str, str]) -> dict[str, str]:
+    """What the kernels inherit. Progress bars stay on (ProgressEcho shows them live, the executed
+    notebooks keep each bar's last state), but not the datasets library's short map/filter bars, nor
+    tqdm's warning that a kernel without ipywidgets gets text bars (what we want)."""
+    quiet = "ignore:IProgress not found"
+    warnings = environ.get("PYTHONWARNINGS", "")
+    return {"HF_DATASETS_DISABLE_PROGRESS_BARS": environ.get("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
+            "PYTHONWARNINGS": warnings if quiet in warnings else ",".join(filter(None, [warnings, quiet]))}
 
 
 def run_experiment(params_file: str | None, overrides: list[str], resume: str | None = None,
@@ -113,7 +145,7 @@ def run_experiment(params_file: str | None, overrides: list[str], resume: str | 
             print(f"  {name}: reused from {found[0].dir.name}", flush=True)
             continue
         print(f"  {name} ...", end="", flush=True)
-        seconds = run_notebook(run, name, key)
+        seconds = run_notebook(run, name, key, ProgressEcho(f"  {name} ..."))
         print(f" {seconds:.0f} s", flush=True)
     return run
 
@@ -162,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse", default="same-code", metavar="MODE",
                    help="reuse finished stages of earlier runs: same-code (default), any (across code changes), off")
     a = p.parse_args(argv)
-    # The kernels inherit this: progress bars would fill the executed notebooks with redraws.
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.update(kernel_env(os.environ))
     started, runs, sweep_page = time.perf_counter(), [], None
     try:
         stages = select_stages(a.stages) if a.stages else None

@@ -32,4 +32,18 @@ def save(fig, figures_dir: Path, name: str) -> Path:
     return path
 
 
+def show_inline() -> None:
+    """In a Jupyter kernel, let display(fig) show the figure itself: under the Agg backend IPython
+    registers no PNG view of a figure, and the inline backend would show every figure twice."""
+    try:
+        from IPython import get_ipython
+        from IPython.core.pylabtools import select_figure_formats
+    except ImportError:  # plain Python: nothing displays figures
+        return
+    shell = get_ipython()
+    if shell is not None:
+        select_figure_formats(shell, {"png"})
+
+
 apply_style()
+show_inline()

@@ -25,7 +25,9 @@ import torch
 from datasets import Dataset
 from peft import PeftModel
 from torch.utils.tensorboard import SummaryWriter
-from transformers import DataCollatorWithFlattening, EarlyStoppingCallback, TrainerCallback, TrainingArguments
+from transformers import (DataCollatorWithFlattening, EarlyStoppingCallback, ProgressCallback, TrainerCallback,
+                          TrainingArguments)
+from transformers.trainer import DEFAULT_PROGRESS_CALLBACK
 from transformers.integrations import TensorBoardCallback
 
 from . import adapters, data, models, precision, runs, tasks
@@ -114,7 +116,7 @@ def make_trainer(cfg: Config, prepared: Prepared, model, args: TrainingArguments
         cbs.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
     if main and prepared.has_validation:
         cbs += task.callbacks(cfg, prepared.tokenizer, prepared.validation_rows, samples, step0)
-    return TuneTrainer(
+    trainer = TuneTrainer(
         model=model, args=args, train_dataset=prepared.train,
         eval_dataset=prepared.validation if prepared.has_validation else None,
         processing_class=prepared.tokenizer, data_collator=task.collator(cfg, prepared.tokenizer,
@@ -122,6 +124,10 @@ def make_trainer(cfg: Config, prepared: Prepared, model, args: TrainingArguments
         compute_metrics=task.compute_metrics, callbacks=cbs + list(callbacks or []),
         weights=task.loss_weights(cfg, prepared.train_rows, prepared.labels),
         step_schedule=(t.step_size, t.step_gamma) if t.scheduler == "step" else None)
+    if not args.disable_tqdm:  # one text bar everywhere: a terminal, JupyterLab, and `make pipeline` streams it
+        trainer.remove_callback(DEFAULT_PROGRESS_CALLBACK)
+        trainer.add_callback(StepProgress)
+    return trainer
 
 
 def run(trainer: TuneTrainer, prepared: Prepared) -> Fitted:
@@ -216,6 +222,17 @@ def last_checkpoint(folder: Path) -> Path | None:
 def checkpoint_step(checkpoint: Path | None) -> int:
     """The optimizer step a checkpoint was saved at (0 for none)."""
     return int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+
+
+class StepProgress(ProgressCallback):
+    """The Trainer's tqdm bar (step of total, elapsed, remaining) with the latest losses beside it,
+    instead of a printed dict per log line."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            shown = {k: f"{logs[k]:.3f}" for k in ("loss", "eval_loss") if isinstance(logs.get(k), float)}
+            if shown:
+                self.training_bar.set_postfix(shown)
 
 
 class StepTimer(TrainerCallback):
