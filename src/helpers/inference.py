@@ -72,12 +72,12 @@ def generate(model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size
         model.generate(input_ids=torch.tensor([prompts[0]], device=model.device), max_new_tokens=2, **kwargs)  # warm-up
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start:start + batch_size]
-            width = max(map(len, batch))
             # Left padding: every prompt ends where generation starts, so new tokens line up.
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])  # (B, T)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])  # (B, T)
+            enc = tokenizer.pad([{"input_ids": p} for p in batch], padding="longest", padding_side="left",
+                                return_tensors="pt")  # input_ids, attention_mask: (B, T)
+            width = enc["input_ids"].shape[1]
             t0 = time.perf_counter()
-            gen = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+            gen = model.generate(**{k: v.to(model.device) for k, v in enc.items()},
                                  max_new_tokens=max_new_tokens, **kwargs)
             seconds = time.perf_counter() - t0
             for new in gen[:, width:].tolist():  # (B, new)
