@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from helpers import chat, data, export, models, predict, readers, schema
+from helpers import chat, data, export, modelfile, models, predict, readers, schema
 from helpers.config import load_config
 
 SUPPORT_SYSTEM = json.loads(open("data/support-chats.jsonl", encoding="utf-8").readline())["messages"][0]["content"]
@@ -27,17 +27,17 @@ def chats():
 # ---------------------------------------------------------------- fast: template, Modelfile
 
 def test_chatml_template_becomes_an_ollama_template_that_renders_the_same_text(tok):
-    t = export.translate_template(tok)
+    t = modelfile.translate_template(tok)
     assert t.default_system == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
-    text = export.modelfile(t, export.stop_tokens(tok, None), SUPPORT_SYSTEM)
-    mf = export.read_modelfile(text)
+    text = modelfile.modelfile(t, modelfile.stop_tokens(tok, None), SUPPORT_SYSTEM)
+    mf = modelfile.read_modelfile(text)
     assert text.startswith("# Ollama") and "\nFROM ./model.gguf\n" in text
-    assert mf["template"] == export.CHATML_GO and mf["stop"] == ["<|im_end|>"] and mf["system"] == SUPPORT_SYSTEM
+    assert mf["template"] == modelfile.CHATML_GO and mf["stop"] == ["<|im_end|>"] and mf["system"] == SUPPORT_SYSTEM
     for msgs in chats():
         hf = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         # Without a system message of its own, Ollama adds the Modelfile's SYSTEM, as HF adds its default.
-        assert export.render_go(mf["template"], msgs, t.default_system) == hf
-    assert export.render_go(mf["template"], chats()[0], SUPPORT_SYSTEM).startswith(
+        assert modelfile.render_go(mf["template"], msgs, t.default_system) == hf
+    assert modelfile.render_go(mf["template"], chats()[0], SUPPORT_SYSTEM).startswith(
         f"<|im_start|>system\n{SUPPORT_SYSTEM}<|im_end|>\n<|im_start|>user\nHi <there>")
 
 
@@ -46,12 +46,12 @@ def test_a_template_we_cannot_translate_is_a_clear_error(tok):
     llama2.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
                             "{% else %}{{ m['content'] }}</s>{% endif %}{% endfor %}")
     with pytest.raises(export.ExportError, match=r"not ChatML .*renders a user turn as '\[INST\] Q1"):
-        export.translate_template(llama2)
+        modelfile.translate_template(llama2)
 
 
 def test_go_constructs_outside_the_translated_ones_are_refused():
     with pytest.raises(export.ExportError, match="cannot render"):
-        export.render_go("{{ if .System }}x{{ end }}{{ .Prompt }}", [{"role": "user", "content": "hi"}], None)
+        modelfile.render_go("{{ if .System }}x{{ end }}{{ .Prompt }}", [{"role": "user", "content": "hi"}], None)
 
 
 def test_system_prompt_is_the_most_common_one():
@@ -94,7 +94,7 @@ def test_export_writes_gguf_modelfile_and_a_passing_check(exported):
     with open(out / "model.gguf", "rb") as f:
         assert f.read(4) == b"GGUF"
     assert res["gguf_bytes"] == (out / "model.gguf").stat().st_size > 100 * 2**20  # 135M params in f16
-    mf = export.read_modelfile((out / "Modelfile").read_text())
+    mf = modelfile.read_modelfile((out / "Modelfile").read_text())
     assert mf["system"] == SUPPORT_SYSTEM and "<|im_end|>" in mf["stop"] and "<|im_start|>" in mf["template"]
     assert res["end_of_turn"]["gguf"] == ["<|im_end|>"]
     # The weights are the run's own file (hard link), the small files copies that can be edited safely.

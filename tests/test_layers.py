@@ -19,7 +19,7 @@ LAYERS = {
     "drivers": ["search", "search_study", "search_report", "crossval"],
     "stages": ["explore", "clean", "augment", "tune", "evaluation", "evaluation_chat", "evaluation_classification",
                "report"],
-    "entry": ["pipeline", "stagerun", "sweep", "sweep_report", "reuse", "export", "predict", "serving", "chatbot", "webchat",
+    "entry": ["pipeline", "stagerun", "sweep", "sweep_report", "reuse", "export", "modelfile", "predict", "serving", "chatbot", "webchat",
               "servebench", "bench"],
 }
 ORDER = list(LAYERS)
