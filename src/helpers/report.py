@@ -26,7 +26,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from . import artifacts, paths
-from .config import Config, ConfigError, diff_from_defaults, flatten
+from .config import Config, ConfigError, diff_from_defaults, flatten, task_defaults
 from .runs import Run, read_json, write_text
 
 SECTION_TITLES = {"explore": "Data", "clean": "Cleaning", "augment": "Augmentation", "tune": "Training",
@@ -201,7 +201,7 @@ def record_view(run: Run, cfg: Config | None, manifest: dict[str, Any]) -> dict[
              "run folder": run.dir.name}
     diff = None
     if cfg is not None:
-        defaults = flatten(Config().model_dump(mode="json"))
+        defaults = flatten(task_defaults(cfg.experiment.task).model_dump(mode="json"))
         diff = table_view(pd.DataFrame([{"param": k, "value": json.dumps(v), "default": json.dumps(defaults.get(k))}
                                         for k, v in diff_from_defaults(cfg).items()],
                                        columns=["param", "value", "default"]), 500)
