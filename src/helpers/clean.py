@@ -4,10 +4,11 @@ The steps, in the one order `STEPS` names (02-clean-data calls them cell by cell
 tests/test_clean.py checks that it does), all recorded in one `bookkeeping.Ledger`: normalize
 (`textrules`, every text field) -> filter (too short, noisy, too long, length outliers) -> exact
 duplicates -> near-duplicates -> similarity groups -> seeded split -> long chats into windows ->
-class balance on train -> accounting. Every dropped row is a reject {"source", "rule", "reason", "raw"} where raw is the row
-as loaded (the input is never modified), and the accounting input = kept + dropped per rule is
-checked (a chat kept as k windows counts once as kept; its windows are rows `<id>#w1`...`#wk`
-of the same split). A row's texts are read and written through `schema.row_texts` / `schema.with_texts`; what
+class balance on train -> accounting. Every dropped row is a reject {"source", "rule", "reason",
+"raw"} where raw is the row as loaded (the input is never modified), and the accounting
+input = kept + dropped per rule is checked (a chat kept as k windows counts once as kept; its
+windows are rows `<id>#w1`...`#wk` of the same split). A row's texts are read and written through
+`schema.row_texts` / `schema.with_texts`; what
 differs by task comes from cfg.experiment.task.
 """
 from __future__ import annotations

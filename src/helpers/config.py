@@ -481,5 +481,6 @@ def task_defaults(task: Task) -> Config:
 
 def diff_from_defaults(cfg: Config) -> dict[str, Any]:
     """Dotted keys whose values differ from the defaults of the run's task (for the runs index)."""
-    mine, base = flatten(cfg.model_dump(mode="json")), flatten(task_defaults(cfg.experiment.task).model_dump(mode="json"))
+    mine = flatten(cfg.model_dump(mode="json"))
+    base = flatten(task_defaults(cfg.experiment.task).model_dump(mode="json"))
     return {k: v for k, v in mine.items() if base.get(k) != v}

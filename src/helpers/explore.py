@@ -117,8 +117,8 @@ def choose_max_length(lengths: pd.DataFrame, cfg: Config, context: int | None, d
     # Over the length, a chat is split into windows of whole turns by 02 (dropped only when one
     # exchange does not fit); a text is cut at it by the classifier.
     fate = "windowed or dropped by 02" if cfg.experiment.task == "chat" else "cut by the classifier"
-    return {"max_length": chosen, "setting": "auto" if auto else "params", "tokens_p99": float(np.quantile(t, 0.99, method="inverted_cdf")),
-            "model_context": context, "memory_cap": cap, "device": device, "over": int((t > chosen).sum()),
+    return {"max_length": chosen, "setting": "auto" if auto else "params",
+            "tokens_p99": float(np.quantile(t, 0.99, method="inverted_cdf")), "model_context": context, "memory_cap": cap, "device": device, "over": int((t > chosen).sum()),
             "over_fixed_256": int((t > FIXED_LENGTH).sum()), "over_means": fate}
 
 

@@ -281,7 +281,8 @@ def render_run(run: Run, out: Path | None = None) -> Path:
                              timings.get(STAGE_NOTEBOOKS.get(s, ""), timings.get(s, {})), max_rows) for s in stages]
     html = TEMPLATES.get_template("report.html.j2").render(
         title=title, task=manifest.get("task", ""), run_name=run.dir.name, created=manifest.get("created", "?"),
-        cards=headline(metrics), verdicts=verdict_views(run, metrics), use=use_html(run, cfg), record=record_view(run, cfg, manifest), sections=sections)
+        cards=headline(metrics), verdicts=verdict_views(run, metrics), use=use_html(run, cfg),
+        record=record_view(run, cfg, manifest), sections=sections)
     path = out or run.dir / "report.html"
     write_text(path, html)
     return path

@@ -6,7 +6,8 @@ each input file (STAGE_INPUTS; for 01 the data source's files) and the code vers
 commit, a hash of uncommitted changes under src/ and notebooks/, and the tracked package
 versions). When a stage finishes, the pipeline records in the manifest's stage entry its key
 and exactly what it wrote: every new or changed file in the run folder with its SHA-256, the
-metrics.json sections, the artifacts.json entries and the config.yaml keys it changed. Reuse copies those into the new run and
+metrics.json sections, the artifacts.json entries and the config.yaml keys it changed. Reuse
+copies those into the new run (the config keys set on the new run's own config.yaml) and
 records `reused_from`. Modes: "same-code" (default: never across a change of code version),
 "any" (ignore the code version), "off".
 """
