@@ -8,8 +8,7 @@ class balance on train -> accounting. Every dropped row is a reject {"source", "
 "raw"} where raw is the row as loaded (the input is never modified), and the accounting
 input = kept + dropped per rule is checked (a chat kept as k windows counts once as kept; its
 windows are rows `<id>#w1`...`#wk` of the same split). A row's texts are read and written through
-`schema.row_texts` / `schema.with_texts`; what
-differs by task comes from cfg.experiment.task.
+`schema.row_texts` / `schema.with_texts`; what differs by task comes from cfg.experiment.task.
 """
 from __future__ import annotations
 

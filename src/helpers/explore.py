@@ -118,11 +118,12 @@ def choose_max_length(lengths: pd.DataFrame, cfg: Config, context: int | None, d
     # exchange does not fit); a text is cut at it by the classifier.
     fate = "windowed or dropped by 02" if cfg.experiment.task == "chat" else "cut by the classifier"
     return {"max_length": chosen, "setting": "auto" if auto else "params",
-            "tokens_p99": float(np.quantile(t, 0.99, method="inverted_cdf")), "model_context": context, "memory_cap": cap, "device": device, "over": int((t > chosen).sum()),
+            "tokens_p99": float(np.quantile(t, 0.99, method="inverted_cdf")), "model_context": context,
+            "memory_cap": cap, "device": device, "over": int((t > chosen).sum()),
             "over_fixed_256": int((t > FIXED_LENGTH).sum()), "over_means": fate}
 
 
-def resolve_max_length(run: "runs.Run", cfg: Config, lengths: pd.DataFrame) -> tuple[Config, dict]:
+def resolve_max_length(run: runs.Run, cfg: Config, lengths: pd.DataFrame) -> tuple[Config, dict]:
     """Decide model.max_length (auto: from the data) and, when auto, write the number into the run's
     config.yaml, so stages 02-05 read an int; the choice is recorded in metrics["explore"]."""
     import torch
