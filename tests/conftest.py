@@ -77,6 +77,7 @@ def clean_as_02(rows: list[dict], cfg, tokenizer) -> tuple[dict, object]:
     rows = clean.dedup_near(rows, cfg, ledger)
     groups = clean.similarity_groups(rows, cfg.clean.group_threshold, cfg.experiment.seed)
     splits = clean.split_rows(rows, cfg, groups)
+    splits = clean.window_chats(splits, cfg, tokenizer, ledger)
     splits["train"] = clean.balance(splits["train"], cfg, ledger)
     clean.accounting(ledger, splits)
     return splits, ledger

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import bookkeeping, clean, config, data, explore, measures, models, schema, textrules
+from helpers import bookkeeping, chat, clean, config, data, explore, measures, models, schema, textrules
 from helpers.config import ConfigError
 
 
@@ -107,7 +107,7 @@ def test_too_long_chats_dropped_with_reason_and_raw_as_loaded(chat_tok):
     (rej,) = ledger.rejects
     assert set(rej) == {"source", "rule", "reason", "raw"}
     assert rej["source"] == "f:2" and rej["rule"] == "too_long"
-    assert rej["reason"].startswith("too long, would be truncated: ") and rej["reason"].endswith(
+    assert rej["reason"].startswith("too long even as windows: the chat has 88 tokens") and rej["reason"].endswith(
         "tokens > 40 (model.max_length, as clean.max_tokens is unset)")
     assert json.loads(rej["raw"]) == long
 
@@ -331,3 +331,76 @@ def test_group_key_label_topic_or_none():
     assert schema.group_key(labelled([("a", "x")])) == "label" and schema.group_key(chats) is None
     assert schema.group_key([dict(chats[0], topic="food")]) == "topic"
     assert bookkeeping.split_key({"train": chats, "validation": [], "test": []}) == "topic"  # "(none)" rows
+
+
+# ---------------------------------------------------------------- long chats as windows
+
+def long_chat(i="c", exchanges=4):
+    """A support chat with a system prompt and `exchanges` question/answer pairs, each ~43 tokens."""
+    msgs = [{"role": "system", "content": "You are a support agent."}]
+    for k in range(exchanges):
+        msgs += [{"role": "user", "content": f"Question number {k}: how do I reset my password on device {k}?"},
+                 {"role": "assistant", "content": f"Answer {k}: open settings, choose account {k}, then press reset."}]
+    return {"id": i, "source": f"f:{i}", "topic": "", "messages": msgs}
+
+
+def targets(window):
+    """The answers a window trains on (assistant turns without weight 0)."""
+    return [m["content"] for m in window if m["role"] == "assistant" and m.get("weight", 1) != 0]
+
+
+def test_chat_windows_cover_every_answer_once_with_context_where_it_fits(chat_tok):
+    chat_row = long_chat()
+    assert measures.template_length(chat_tok, chat_row["messages"]) == 183
+    wins = measures.chat_windows(chat_tok, chat_row["messages"], 150)
+    answers = [m["content"] for m in chat_row["messages"] if m["role"] == "assistant"]
+    assert [targets(w) for w in wins] == [answers[:3], answers[3:]]  # each answer once, in order
+    for w in wins:
+        assert w[0] == chat_row["messages"][0] and w[-1]["role"] == "assistant"  # system kept, ends on an answer
+        assert measures.template_length(chat_tok, w) <= 150
+    # The second window takes exchanges 1 and 2 back as context (their answers muted), not 0: no room.
+    assert [m["content"][:8] for m in wins[1][1:]] == ["Question", "Answer 1", "Question", "Answer 2", "Question",
+                                                       "Answer 3"]
+    assert [m.get("weight", 1) for m in wins[1] if m["role"] == "assistant"] == [0, 0, 1]
+    # chat.encode puts the loss on the target answer only.
+    enc = chat.encode(chat_tok, wins[1], 10**9)
+    assert chat.show_mask(chat_tok, enc).count("[[") == 1 and "Answer 3" in chat.show_mask(chat_tok, enc).split("[[")[1]
+    assert measures.chat_windows(chat_tok, chat_row["messages"], 50) == []  # one exchange takes 54 tokens
+
+
+def test_long_chats_are_windowed_in_their_split_and_counted(chat_tok):
+    cfg = config.load_config(overrides={"model.max_length": 110, "clean.group_threshold": None,
+                                        "clean.dedup_near": False, "data.split": {"validation": 0.2, "test": 0.2}})
+    rows = [long_chat(f"c{k}", exchanges=1 if k % 2 else 4) for k in range(10)]
+    for k, r in enumerate(rows):  # distinct texts, so nothing is a duplicate
+        r["messages"][-1]["content"] += f" (ticket {k})"
+    ledger = bookkeeping.Ledger.of(rows)
+    kept = clean.filter_rows(rows, cfg, chat_tok, ledger)
+    assert kept == rows and not ledger.rejects  # ~187 tokens > 110, but one exchange (~54) fits
+    splits = clean.split_rows(kept, cfg)
+    splits = clean.window_chats(splits, cfg, chat_tok, ledger)
+    assert ledger.windowed == {f"c{k}": 2 for k in range(0, 10, 2)}
+    for name, part in splits.items():
+        for r in part:
+            if "window_of" in r:  # windows sit in their chat's split, ids and sources numbered
+                assert r["id"] == f"{r['window_of']}#w{r['id'][-1]}" and r["source"].endswith(r["id"][-3:])
+    assert sum(len(p) for p in splits.values()) == 15  # 5 short chats + 5 long ones as 2 windows each
+    table = clean.accounting(ledger, splits)
+    assert table.set_index("step")["rows"].to_dict() == {
+        "input": 10, "kept": 10, "added: windows (long chats kept as 10 windows)": 5}
+    assert clean.metrics(ledger, splits)["windowed"] == {"chats": 5, "windows": 10}
+    assert clean.metrics(ledger, splits)["kept"] == 10
+
+
+def test_explicit_max_tokens_still_drops_long_chats(chat_tok):
+    cfg = config.load_config(overrides={"model.max_length": 100, "clean.max_tokens": 100})
+    row = long_chat()
+    ledger = bookkeeping.Ledger.of([row])
+    assert clean.filter_rows([row], cfg, chat_tok, ledger) == []
+    assert ledger.rejects[0]["reason"] == "too long, would be truncated: 183 tokens > 100 (clean.max_tokens)"
+    assert clean.window_chats({"train": [row]}, cfg, chat_tok, ledger) == {"train": [row]}
+
+
+def test_an_unresolved_auto_length_is_a_clear_error(chat_tok):
+    with pytest.raises(schema.DataError, match="still 'auto': stage 01"):
+        clean.filter_rows([long_chat()], config.load_config(), chat_tok, bookkeeping.Ledger.of([long_chat()]))

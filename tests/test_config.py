@@ -96,3 +96,33 @@ def test_bad_extends_and_clashing_overrides_are_config_errors(tmp_path):
         load_config(tmp_path / "x.yaml")
     with pytest.raises(ConfigError, match="'tune' was also set to a value"):
         load_config(None, ["tune=1", "tune.max_steps=2"])
+
+
+def test_classification_gets_its_own_defaults_and_a_given_value_wins(tmp_path):
+    chat, cls = load_config(), load_config(overrides={"experiment.task": "classification"})
+    assert (chat.tune.learning_rate, chat.tune.batch_size) == (2e-4, 8)
+    assert (cls.tune.learning_rate, cls.tune.batch_size) == (1e-3, 32)
+    assert chat.model.max_length == cls.model.max_length == "auto"
+    f = tmp_path / "p.yaml"
+    f.write_text("experiment: {name: p, task: classification}\ntune: {learning_rate: 5.0e-4}\n")
+    cfg = load_config(f)
+    assert (cfg.tune.learning_rate, cfg.tune.batch_size) == (5e-4, 32)  # the file wins, the rest is the task's
+    (tmp_path / "config.yaml").write_text(to_yaml(cfg))  # config.yaml spells the values out and reads back
+    assert load_config(tmp_path / "config.yaml") == cfg
+    assert diff_from_defaults(cfg) == {"experiment.name": "p", "tune.learning_rate": 5e-4}
+
+
+def test_every_task_default_names_a_real_key():
+    from helpers.config import TASK_DEFAULTS, flatten
+
+    known = flatten(Config().model_dump(mode="json"))
+    for task, keys in TASK_DEFAULTS.items():
+        assert set(keys) <= set(known), f"TASK_DEFAULTS[{task!r}] names unknown keys"
+        assert load_config(overrides={"experiment.task": task}).experiment.task == task
+
+
+def test_max_length_is_a_number_or_auto():
+    assert load_config(overrides={"model.max_length": 64}).model.max_length == 64
+    for bad in ("long", 4):
+        with pytest.raises(ConfigError, match="model.max_length"):
+            load_config(overrides={"model.max_length": bad})

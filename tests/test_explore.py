@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from helpers import chat, config, data, explore, models, schema, words
+from helpers import chat, config, data, explore, measures, models, runs, schema, words
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +161,30 @@ def test_figures_build():
     assert explore.length_histogram(lengths, 32, "t").axes[0].get_title() == "t"
     fig = words.wordcloud_figure({"all rows": {"late": 3, "flight": 2}, "label: neg": {"late": 1}, "empty": {}}, 10, 0)
     assert [a.get_title() for a in fig.axes if a.get_title()] == ["all rows", "label: neg"]
+
+
+def test_auto_max_length_covers_p99_rounded_and_capped():
+    assert measures.auto_max_length([10] * 199 + [500], context=8192, cap=1024) == 16  # one outlier of 200 left over
+    assert measures.auto_max_length([57] * 10, 8192, 1024) == 64 and measures.auto_max_length([64] * 3, 8192, 1024) == 64
+    assert measures.auto_max_length([3000] * 5, 8192, 1024) == 1024  # the memory cap
+    assert measures.auto_max_length([3000] * 5, 512, 1024) == 512  # the model's context
+    assert measures.auto_max_length([3000] * 5, None, 1024) == 1024  # a model that does not say
+
+
+def test_choose_max_length_reports_what_is_left_over(chat_cfg):
+    lengths = pd.DataFrame({"tokens": [100] * 97 + [300, 400, 420]})
+    auto = explore.choose_max_length(lengths, config.load_config(), 8192, "cpu")
+    assert {k: auto[k] for k in ("max_length", "setting", "over", "over_fixed_256", "memory_cap")} == {
+        "max_length": 400, "setting": "auto", "over": 1, "over_fixed_256": 3, "memory_cap": 1024}
+    fixed = explore.choose_max_length(lengths, chat_cfg, 8192, "cpu")  # a number in the params is used as given
+    assert (fixed["max_length"], fixed["setting"], fixed["over"]) == (64, "params", 100)
+
+
+def test_resolve_max_length_writes_the_number_into_the_runs_config(tmp_path, fixtures):
+    cfg = config.load_config(overrides={"data.source": str(fixtures / "chat_bad.jsonl")})
+    run = runs.create_run(cfg, tmp_path)
+    lengths = pd.DataFrame({"tokens": [30, 41, 50]})
+    resolved, choice = explore.resolve_max_length(run, cfg, lengths)
+    assert resolved.model.max_length == choice["max_length"] == 56 and choice["model_context"] == 8192
+    assert run.config().model.max_length == 56 and run.config().tune == cfg.tune
+    assert runs.read_json(run.metrics_file)["explore"]["max_length_choice"]["max_length"] == 56

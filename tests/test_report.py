@@ -71,6 +71,17 @@ def test_headline_cards_by_hand():
     assert report.headline({}) == []
 
 
+def test_report_and_notebook_table_say_whether_tuning_helped_and_what_to_try(chat_run):
+    runs.write_json(chat_run.model / "log_history.json", [{"step": 0, "eval_loss": 3.3}, {"step": 3, "eval_loss": 3.1},
+                                                          {"step": 6, "eval_loss": 2.9}])
+    runs.record_metrics(chat_run, "tune", {"steps": 6, "step_seconds": 12.0, "stopped_early": False})
+    page = report.render_run(chat_run).read_text()
+    assert '<span class="good">Helped</span> Tuning helped: test perplexity -50.0%' in page
+    assert '<span class="warn">Check</span> Under-trained' in page and "<code>tune.max_steps</code>" in page
+    table = report.verdicts_table(chat_run)
+    assert list(table["verdict"]) == ["helped", "check"] and "tune.max_steps" in table["params to change"][1]
+
+
 def test_headline_table_is_plain_text_for_notebook_06():
     table = report.headline_table({"evaluate": CHAT_METRICS}).set_index("figure")
     assert list(table.loc["perplexity base → tuned", ["value", "change"]]) == ["22 → 11", "better"]

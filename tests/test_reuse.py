@@ -133,6 +133,26 @@ def test_a_finished_stage_is_found_verified_and_copied(reports):
     assert reuse.find_source(c, "02-clean-data", key_b, "same-code") is None
 
 
+def test_a_value_a_stage_settles_in_config_yaml_reaches_a_reusing_run_key_by_key(reports):
+    # 01 turns model.max_length auto into a number in config.yaml; a sweep variant reusing 01 gets
+    # that number, and keeps its own tune.* values (the file is not copied whole).
+    a = make_run(reports, ["model.max_length=auto"])
+    key = reuse.stage_key(a, "01-explore-data")
+    before = reuse.snapshot(a)
+    from helpers.config import apply_overrides, to_yaml
+
+    runs.write_text(a.config_file, to_yaml(apply_overrides(a.config(), {"model.max_length": 232})))
+    runs.record_stage(a, "01-explore-data", status="ok", seconds=1.0)
+    reuse.record_outputs(a, "01-explore-data", before, key)
+    entry = runs.read_json(a.manifest_file)["stages"]["01-explore-data"]
+    assert entry["config_changes"] == {"model.max_length": 232} and "config.yaml" not in entry["outputs"]
+    b = make_run(reports, ["model.max_length=auto", "tune.lora.r=16"])
+    key_b = reuse.stage_key(b, "01-explore-data")
+    source, found = reuse.find_source(b, "01-explore-data", key_b, "same-code")
+    reuse.reuse_stage(b, "01-explore-data", source, found, key_b)
+    assert (b.config().model.max_length, b.config().tune.lora.r) == (232, 16)
+
+
 def test_other_inputs_or_code_find_nothing(reports):
     a = make_run(reports)
     data.write_jsonl(a.data / "loaded.jsonl", [{"id": "1"}])

@@ -19,6 +19,9 @@ class Ledger:
     changed: Counter = field(default_factory=Counter)
     examples: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
     added: Counter = field(default_factory=Counter)  # rows added (oversampling), per rule
+    # Chats kept as windows (clean.window_chats): input id -> number of windows. Such a chat counts
+    # once as kept; its windows (rows `<id>#w1`... with `window_of`) are what the splits hold.
+    windowed: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, rows: list[dict]) -> "Ledger":
@@ -77,15 +80,21 @@ def visible(text: str) -> str:
 
 # ---------------------------------------------------------------- accounting
 
+def kept_ids(ledger: Ledger, splits: dict[str, list[dict]]) -> set[str]:
+    """Ids of the input rows the splits hold: a window counts as its chat (`window_of`); copies not at all."""
+    return {r.get("window_of", r["id"]) for rows in splits.values() for r in rows} & set(ledger.originals)
+
+
 def accounting(ledger: Ledger, splits: dict[str, list[dict]]) -> pd.DataFrame:
-    """Input = kept + dropped per rule, as a table; raises if the numbers do not reconcile."""
-    kept_ids = {r["id"] for rows in splits.values() for r in rows if r["id"] in ledger.originals}
+    """Input = kept + dropped per rule, as a table; raises if the numbers do not reconcile. A chat kept as
+    k windows is one kept row; the k - 1 extra rows are shown as `added: windows`."""
+    kept = kept_ids(ledger, splits)
     dropped = ledger.dropped()
     # Raised, not `assert`ed: python -O must not skip the check that no row went missing.
-    if len(kept_ids) + sum(dropped.values()) != ledger.input:
-        raise AssertionError(f"accounting: {ledger.input} input rows != {len(kept_ids)} kept + "
+    if len(kept) + sum(dropped.values()) != ledger.input:
+        raise AssertionError(f"accounting: {ledger.input} input rows != {len(kept)} kept + "
                              f"{sum(dropped.values())} dropped; a step lost rows without a reject")
-    both = kept_ids & {json.loads(r["raw"]).get("id") for r in ledger.rejects}
+    both = kept & {json.loads(r["raw"]).get("id") for r in ledger.rejects}
     if both:
         raise AssertionError(f"accounting: rows both kept and rejected: {sorted(both)[:5]}")
     lines = [{"step": "input", "rows": ledger.input, "changed": None}]
@@ -93,7 +102,10 @@ def accounting(ledger: Ledger, splits: dict[str, list[dict]]) -> pd.DataFrame:
         lines.append({"step": f"changed by {rule}", "rows": None, "changed": n})
     for rule, n in dropped.items():
         lines.append({"step": f"dropped: {rule}", "rows": -n, "changed": None})
-    lines.append({"step": "kept", "rows": len(kept_ids), "changed": None})
+    lines.append({"step": "kept", "rows": len(kept), "changed": None})
+    if ledger.windowed:  # "changed": chats split; "rows": the windows beyond one per chat
+        lines.append({"step": f"added: windows (long chats kept as {sum(ledger.windowed.values())} windows)",
+                      "rows": sum(ledger.windowed.values()) - len(ledger.windowed), "changed": len(ledger.windowed)})
     for rule, n in ledger.added.items():
         lines.append({"step": f"added: {rule} (train copies)", "rows": n, "changed": None})
     return pd.DataFrame(lines)

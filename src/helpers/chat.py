@@ -31,14 +31,16 @@ class Encoded:
 
 
 def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the (start, end) character spans of assistant turns."""
+    """The rendered conversation and the (start, end) character spans of the assistant turns that carry the loss."""
     if not getattr(tokenizer, "chat_template", None):
         raise ChatTemplateError(
             "the tokenizer has no chat template; use an instruct/chat model or set one on the tokenizer")
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     spans = []
     for i, m in enumerate(messages):
-        if m["role"] != "assistant":
+        # weight 0: an answer shown as context only (an earlier turn in a window of a long chat,
+        # measures.chat_windows), trained on in the window where it is a target.
+        if m["role"] != "assistant" or m.get("weight", 1) == 0:
             continue
         before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
         upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)

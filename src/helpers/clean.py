@@ -3,11 +3,12 @@
 The steps, in the one order `STEPS` names (02-clean-data calls them cell by cell, and
 tests/test_clean.py checks that it does), all recorded in one `bookkeeping.Ledger`: normalize
 (`textrules`, every text field) -> filter (too short, noisy, too long, length outliers) -> exact
-duplicates -> near-duplicates -> similarity groups -> seeded split -> class balance on train ->
-accounting. Every dropped row is a reject {"source", "rule", "reason", "raw"} where raw is the row
-as loaded (the input is never modified), and the accounting input = kept + dropped per rule is
-checked. A row's texts are read and written through `schema.row_texts` / `schema.with_texts`; what
-differs by task comes from cfg.experiment.task.
+duplicates -> near-duplicates -> similarity groups -> seeded split -> long chats into windows ->
+class balance on train -> accounting. Every dropped row is a reject {"source", "rule", "reason",
+"raw"} where raw is the row as loaded (the input is never modified), and the accounting
+input = kept + dropped per rule is checked (a chat kept as k windows counts once as kept; its
+windows are rows `<id>#w1`...`#wk` of the same split). A row's texts are read and written through
+`schema.row_texts` / `schema.with_texts`; what differs by task comes from cfg.experiment.task.
 """
 from __future__ import annotations
 
@@ -17,17 +18,18 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from .bookkeeping import Ledger, accounting, split_key  # noqa: F401  (accounting: the last of STEPS)
+from .bookkeeping import Ledger, accounting, kept_ids, split_key  # noqa: F401  (accounting: the last of STEPS)
 from . import metrics as scores
 from .config import Config
-from .measures import analysis_text, dedup_key, iqr_fences, similar_pairs, symbol_share, token_lengths
+from .measures import (analysis_text, chat_windows, dedup_key, iqr_fences, longest_exchange, similar_pairs,
+                       symbol_share, token_lengths)
 from .schema import DataError, row_texts, with_texts
 from .textrules import text_rules
 
 # The step functions, in their one order (02-clean-data calls exactly these, and
 # tests/test_clean.py fails if it skips, adds or reorders one). Each decides from cfg whether it acts.
 STEPS = ("normalize", "filter_rows", "dedup_exact", "dedup_near", "similarity_groups", "split_rows",
-         "balance", "accounting")
+         "window_chats", "balance", "accounting")
 
 
 def normalize(rows: list[dict], cfg: Config, ledger: Ledger) -> list[dict]:
@@ -55,12 +57,27 @@ def max_tokens(cfg: Config) -> tuple[int | None, str]:
     if cfg.clean.max_tokens is not None:
         return cfg.clean.max_tokens, "clean.max_tokens"
     if cfg.experiment.task == "chat":
-        return cfg.model.max_length, "model.max_length, as clean.max_tokens is unset"
+        return resolved_max_length(cfg), "model.max_length, as clean.max_tokens is unset"
     return None, "no limit for classification while clean.max_tokens is unset"
 
 
+def resolved_max_length(cfg: Config) -> int:
+    """model.max_length as a number: stage 01 writes it into the run's config.yaml when it is auto."""
+    if cfg.model.max_length == "auto":
+        raise DataError("model.max_length is still 'auto': stage 01 (01-explore-data) measures the data and writes "
+                        "the number into the run's config.yaml; run it first, or set model.max_length to a number")
+    return cfg.model.max_length
+
+
+def windows_long_chats(cfg: Config) -> bool:
+    """Whether chats longer than model.max_length are kept as windows (chat, clean.max_tokens unset)."""
+    # An explicit clean.max_tokens keeps its meaning: rows above it are dropped.
+    return cfg.experiment.task == "chat" and cfg.clean.max_tokens is None
+
+
 def filter_rows(rows: list[dict], cfg: Config, tokenizer, ledger: Ledger) -> list[dict]:
-    """Drop rows too short, too noisy, too long for the model, or (if asked) length outliers."""
+    """Drop rows too short, too noisy, too long for the model (a chat: only when a single exchange does
+    not fit; longer chats become windows in window_chats), or (if asked) length outliers."""
     c, chats = cfg.clean, cfg.experiment.task == "chat"
     kept = []
     for row in rows:
@@ -80,8 +97,17 @@ def filter_rows(rows: list[dict], cfg: Config, tokenizer, ledger: Ledger) -> lis
     lengths = token_lengths(kept, tokenizer, cfg.experiment.task)["tokens"].tolist()
     lo, hi = iqr_fences(lengths, c.outlier_iqr_k) if c.outlier_iqr_k is not None else (-np.inf, np.inf)
     out = []
+    windows = windows_long_chats(cfg)
     for row, n in zip(kept, lengths):
-        if limit is not None and n > limit:
+        if limit is not None and n > limit and windows:  # kept as windows (window_chats) if one exchange fits
+            one = longest_exchange(tokenizer, row["messages"])
+            if one > limit:
+                ledger.reject(row, "too_long", f"too long even as windows: the chat has {n} tokens and its longest "
+                                               f"exchange (system prompt + user turn + answer; shorten it or raise "
+                                               f"model.max_length) {one} tokens > {limit} ({setting})")
+            else:
+                out.append(row)
+        elif limit is not None and n > limit:
             what = "too long, would be truncated" if chats else "too long"
             ledger.reject(row, "too_long", f"{what}: {n} tokens > {limit} ({setting})")
         elif not lo <= n <= hi:
@@ -225,6 +251,30 @@ def _check_train_labels(train_labels: set[str], rows: list[dict], cfg: Config) -
                     f"(the rows dropped so far are listed above)")
 
 
+def window_chats(splits: dict[str, list[dict]], cfg: Config, tokenizer, ledger: Ledger) -> dict[str, list[dict]]:
+    """Chats longer than model.max_length as windows of whole exchanges (measures.chat_windows), in the
+    split of their chat: ids `<id>#w1`..., `window_of` the chat's id; counted in ledger.windowed."""
+    if not windows_long_chats(cfg):
+        return splits
+    limit = resolved_max_length(cfg)
+    out = {}
+    for name, rows in splits.items():
+        lengths = token_lengths(rows, tokenizer, "chat")["tokens"].tolist()
+        part = []
+        for row, n in zip(rows, lengths):
+            if n <= limit:
+                part.append(row)
+                continue
+            wins = chat_windows(tokenizer, row["messages"], limit)
+            if not wins:  # filter_rows let it through, so one exchange fits: a bug if reached
+                raise AssertionError(f"{row['source']}: no window of one exchange fits in {limit} tokens")
+            ledger.windowed[row["id"]] = len(wins)
+            part += [{**row, "id": f"{row['id']}#w{k}", "source": f"{row['source']}#w{k}", "messages": w,
+                      "window_of": row["id"]} for k, w in enumerate(wins, 1)]
+        out[name] = part
+    return out
+
+
 def balance(train: list[dict], cfg: Config, ledger: Ledger) -> list[dict]:
     """Over- or undersample the training rows to equal label counts (classification, seeded)."""
     how = cfg.clean.balance
@@ -263,8 +313,9 @@ def metrics(ledger: Ledger, splits: dict[str, list[dict]]) -> dict:
     key = split_key(splits)
     out = {
         "input": ledger.input,
-        "kept": len({r["id"] for rows in splits.values() for r in rows if r["id"] in ledger.originals}),
+        "kept": len(kept_ids(ledger, splits)),
         "dropped": dict(ledger.dropped()),
+        "windowed": {"chats": len(ledger.windowed), "windows": sum(ledger.windowed.values())},
         "changed": dict(ledger.changed),
         "added": dict(ledger.added),
         "splits": {name: len(rows) for name, rows in splits.items()},

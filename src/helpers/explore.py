@@ -18,9 +18,9 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from . import chat, measures, models, textrules
+from . import chat, measures, models, runs, textrules
 from .bookkeeping import visible
-from .config import Config
+from .config import Config, apply_overrides, to_yaml
 from .measures import token_lengths  # noqa: F401  (one definition: 01 shows what 02 acts on)
 from .schema import Loaded, group_key, row_texts
 
@@ -101,6 +101,40 @@ def length_stats(lengths: pd.DataFrame, max_length: int) -> dict:
     return {"tokens_mean": round(float(t.mean()), 1), "tokens_median": float(t.median()),
             "tokens_p95": round(float(t.quantile(0.95)), 1), "tokens_max": int(t.max()), "max_length": max_length,
             "over_max_length": over, "over_max_length_share": round(over / len(t), 4)}
+
+
+# The fixed length every run had before model.max_length: auto; 01 says what it would have cut.
+FIXED_LENGTH = 256
+
+
+def choose_max_length(lengths: pd.DataFrame, cfg: Config, context: int | None, device: str) -> dict:
+    """model.max_length for this data: the number given, or auto's choice (measures.auto_max_length),
+    with what it leaves over, and what the fixed 256 would have left over."""
+    t = lengths["tokens"]
+    cap = measures.AUTO_CAP.get(device, measures.AUTO_CAP["cpu"])
+    auto = cfg.model.max_length == "auto"
+    chosen = measures.auto_max_length(t.tolist(), context, cap) if auto else int(cfg.model.max_length)
+    # Over the length, a chat is split into windows of whole turns by 02 (dropped only when one
+    # exchange does not fit); a text is cut at it by the classifier.
+    fate = "windowed or dropped by 02" if cfg.experiment.task == "chat" else "cut by the classifier"
+    return {"max_length": chosen, "setting": "auto" if auto else "params",
+            "tokens_p99": float(np.quantile(t, 0.99, method="inverted_cdf")), "model_context": context,
+            "memory_cap": cap, "device": device, "over": int((t > chosen).sum()),
+            "over_fixed_256": int((t > FIXED_LENGTH).sum()), "over_means": fate}
+
+
+def resolve_max_length(run: runs.Run, cfg: Config, lengths: pd.DataFrame) -> tuple[Config, dict]:
+    """Decide model.max_length (auto: from the data) and, when auto, write the number into the run's
+    config.yaml, so stages 02-05 read an int; the choice is recorded in metrics["explore"]."""
+    import torch
+
+    context = models.context_length(cfg)
+    choice = choose_max_length(lengths, cfg, context, "cuda" if torch.cuda.is_available() else "cpu")
+    if choice["setting"] == "auto":
+        cfg = apply_overrides(cfg, {"model.max_length": choice["max_length"]})
+        runs.write_text(run.config_file, to_yaml(cfg))  # config.yaml says what ran
+    runs.record_metrics(run, "explore", {"max_length_choice": choice})
+    return cfg, choice
 
 
 def length_histogram(lengths: pd.DataFrame, max_length: int, title: str):

@@ -73,3 +73,74 @@ def similar_pairs(texts: list[str], threshold: float, seed: int, num_perm: int =
                 if sim >= threshold:
                     pairs.append((i, j, sim))
     return sorted(pairs)
+
+
+# ---------------------------------------------------------------- model.max_length: auto
+
+# Rounded up to a multiple of 8: tensor cores and bf16 kernels want it, and it costs < 8 tokens.
+LENGTH_MULTIPLE = 8
+# The memory rule of model.max_length: auto. Activation memory and time grow with the length (and
+# attention's with its square); on a CPU a 135M-parameter model at batch 8 x 1024 tokens already
+# takes minutes per step, so auto never picks more than this, even where the model's context allows it.
+AUTO_CAP = {"cpu": 1024, "cuda": 4096}
+
+
+def auto_max_length(tokens: list[int], context: int | None, cap: int, quantile: float = 0.99) -> int:
+    """The smallest multiple of LENGTH_MULTIPLE covering `quantile` of the token lengths, at most
+    min(context, cap) (the model's position embeddings and the memory cap), at least 8."""
+    # inverted_cdf: the smallest length at or under which at least `quantile` of the rows are.
+    need = float(np.quantile(tokens, quantile, method="inverted_cdf")) if len(tokens) else 8.0
+    rounded = int(-(-need // LENGTH_MULTIPLE) * LENGTH_MULTIPLE)
+    limit = min(c for c in (context, cap) if c)
+    return max(8, min(rounded, limit - limit % LENGTH_MULTIPLE))
+
+
+# ---------------------------------------------------------------- long chats as windows of whole turns
+
+def exchanges(messages: list[dict]) -> tuple[list[dict], list[list[dict]]]:
+    """The system prompt (a list of 0 or 1 message) and the turns cut after each assistant turn:
+    each exchange is the user turn(s) and the answer that ends it."""
+    system = messages[:1] if messages and messages[0]["role"] == "system" else []
+    out: list[list[dict]] = [[]]
+    for m in messages[len(system):]:
+        out[-1].append(m)
+        if m["role"] == "assistant":
+            out.append([])
+    return system, [e for e in out if e]
+
+
+def template_length(tokenizer, messages: list[dict]) -> int:
+    """Tokens of a conversation under the chat template (what chat.encode measures)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def longest_exchange(tokenizer, messages: list[dict]) -> int:
+    """Tokens of the longest single exchange with the system prompt: the least a window needs."""
+    system, parts = exchanges(messages)
+    return max(template_length(tokenizer, system + e) for e in parts)
+
+
+def chat_windows(tokenizer, messages: list[dict], max_length: int) -> list[list[dict]]:
+    """A long chat as windows of whole exchanges, each within max_length: every window keeps the
+    system prompt and ends on an answer; the answers trained on (targets) are disjoint and together
+    cover every answer once; earlier exchanges are added in front as context while they fit, their
+    answers marked {"weight": 0} (chat.encode puts no loss on them). [] if one exchange does not fit."""
+    system, parts = exchanges(messages)
+    windows, a = [], 0
+    while a < len(parts):
+        b = a + 1  # targets: exchanges a..b-1, as many as fit
+        if template_length(tokenizer, system + parts[a]) > max_length:
+            return []
+        while b < len(parts) and template_length(tokenizer, system + sum(parts[a:b + 1], [])) <= max_length:
+            b += 1
+        targets = sum(parts[a:b], [])
+        context: list[dict] = []
+        for e in reversed(parts[:a]):  # the nearest earlier exchanges first
+            muted = [dict(m, weight=0) if m["role"] == "assistant" else m for m in e]
+            if template_length(tokenizer, system + muted + context + targets) > max_length:
+                break
+            context = muted + context
+        windows.append(system + context + targets)
+        a = b
+    return windows

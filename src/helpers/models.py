@@ -111,6 +111,18 @@ def load_tokenizer(cfg: Config, path: str | Path | None = None):
     return tok
 
 
+def context_length(cfg: Config) -> int | None:
+    """The model's context in tokens (its config's max_position_embeddings; None if it does not say)."""
+    from transformers import AutoConfig
+
+    name = model_name(cfg)
+    try:
+        conf = AutoConfig.from_pretrained(resolve(name), trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise _friendly(name, e) from None
+    return getattr(conf, "max_position_embeddings", None)
+
+
 def load_causal_lm(cfg: Config, path: str | Path | None = None, dtype=None):
     """The chat base model (or a saved fine-tuned folder), safetensors only, no remote code."""
     from transformers import AutoModelForCausalLM

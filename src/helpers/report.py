@@ -25,8 +25,8 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
-from . import artifacts, paths
-from .config import Config, ConfigError, diff_from_defaults, flatten
+from . import artifacts, paths, verdicts as rules
+from .config import Config, ConfigError, diff_from_defaults, flatten, task_defaults
 from .runs import Run, read_json, write_text
 
 SECTION_TITLES = {"explore": "Data", "clean": "Cleaning", "augment": "Augmentation", "tune": "Training",
@@ -155,6 +155,23 @@ def headline_table(metrics: dict[str, Any]) -> pd.DataFrame:
                         columns=["figure", "value", "change", "detail"])
 
 
+LEVEL_WORDS = {"good": "Helped", "warn": "Check", "bad": "Problem"}
+
+
+def verdict_views(run: Run, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """helpers.verdicts' findings on the run (from metrics.json and model/log_history.json), as plain values."""
+    history = read_json(run.model / "log_history.json", [])
+    return [{"level": v.level, "label": LEVEL_WORDS[v.level], "text": v.text, "keys": v.keys}
+            for v in rules.for_run(metrics, history)]
+
+
+def verdicts_table(run: Run) -> pd.DataFrame:
+    """The verdicts as a plain-text table, for notebook 06: finding, level, what it says, keys to change."""
+    views = verdict_views(run, read_json(run.metrics_file, {}))
+    return pd.DataFrame([{"verdict": v["label"].lower(), "finding": v["text"], "params to change": ", ".join(v["keys"])}
+                         for v in views], columns=["verdict", "finding", "params to change"])
+
+
 # ---------------------------------------------------------------- using the model
 
 def run_path(run: Run) -> str:
@@ -201,7 +218,7 @@ def record_view(run: Run, cfg: Config | None, manifest: dict[str, Any]) -> dict[
              "run folder": run.dir.name}
     diff = None
     if cfg is not None:
-        defaults = flatten(Config().model_dump(mode="json"))
+        defaults = flatten(task_defaults(cfg.experiment.task).model_dump(mode="json"))
         diff = table_view(pd.DataFrame([{"param": k, "value": json.dumps(v), "default": json.dumps(defaults.get(k))}
                                         for k, v in diff_from_defaults(cfg).items()],
                                        columns=["param", "value", "default"]), 500)
@@ -264,7 +281,8 @@ def render_run(run: Run, out: Path | None = None) -> Path:
                              timings.get(STAGE_NOTEBOOKS.get(s, ""), timings.get(s, {})), max_rows) for s in stages]
     html = TEMPLATES.get_template("report.html.j2").render(
         title=title, task=manifest.get("task", ""), run_name=run.dir.name, created=manifest.get("created", "?"),
-        cards=headline(metrics), use=use_html(run, cfg), record=record_view(run, cfg, manifest), sections=sections)
+        cards=headline(metrics), verdicts=verdict_views(run, metrics), use=use_html(run, cfg),
+        record=record_view(run, cfg, manifest), sections=sections)
     path = out or run.dir / "report.html"
     write_text(path, html)
     return path

@@ -6,7 +6,8 @@ each input file (STAGE_INPUTS; for 01 the data source's files) and the code vers
 commit, a hash of uncommitted changes under src/ and notebooks/, and the tracked package
 versions). When a stage finishes, the pipeline records in the manifest's stage entry its key
 and exactly what it wrote: every new or changed file in the run folder with its SHA-256, the
-metrics.json sections and the artifacts.json entries. Reuse copies those into the new run and
+metrics.json sections, the artifacts.json entries and the config.yaml keys it changed. Reuse
+copies those into the new run (the config keys set on the new run's own config.yaml) and
 records `reused_from`. Modes: "same-code" (default: never across a change of code version),
 "any" (ignore the code version), "off".
 """
@@ -24,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from . import data, paths
-from .runs import Run, package_versions, read_json, record_stage, write_json
+from .config import apply_overrides, flatten, to_yaml
+from .runs import Run, package_versions, read_json, record_stage, write_json, write_text
 
 MODES = ("same-code", "any", "off")
 
@@ -59,7 +61,10 @@ STAGE_INPUTS: dict[str, list[str]] = {
     "05-evaluate-model": ["model/final/**", "data/test.jsonl", "data/train.jsonl", "data/train.augmented.jsonl"],
 }
 # Written by every stage: a stage's share of them is recorded as sections and entries, not files.
-SHARED_FILES = {"manifest.json", "metrics.json", "artifacts.json"}
+# config.yaml too: a stage that settles a value in it (01: model.max_length auto -> a number; 04: a
+# search's best values) records the keys it changed, and reuse applies those keys to the new run's own
+# config, which may differ elsewhere (a sweep variant's tune.* keys).
+SHARED_FILES = {"manifest.json", "metrics.json", "artifacts.json", "config.yaml"}
 
 
 def parse_mode(text: str) -> str:
@@ -175,6 +180,7 @@ class Snapshot:
     files: dict[str, tuple[int, int]]
     metrics: dict[str, Any]
     artifacts: list[dict] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)  # config.yaml as dotted keys
 
 
 def _files(run: Run) -> dict[str, tuple[int, int]]:
@@ -190,7 +196,13 @@ def _files(run: Run) -> dict[str, tuple[int, int]]:
 
 def snapshot(run: Run) -> Snapshot:
     """The state a stage starts from, to tell afterwards what it wrote."""
-    return Snapshot(_files(run), read_json(run.metrics_file, {}), read_json(run.dir / "artifacts.json", []))
+    return Snapshot(_files(run), read_json(run.metrics_file, {}), read_json(run.dir / "artifacts.json", []),
+                    _config_keys(run))
+
+
+def _config_keys(run: Run) -> dict[str, Any]:
+    """The run's config.yaml as dotted keys ({} when there is none)."""
+    return flatten(run.config().model_dump(mode="json")) if run.config_file.is_file() else {}
 
 
 def _entry_id(e: dict) -> list[str]:
@@ -205,8 +217,9 @@ def stage_outputs(run: Run, before: Snapshot) -> dict[str, Any]:
     metrics = read_json(run.metrics_file, {})
     old = [json.dumps(e, sort_keys=True) for e in before.artifacts]
     entries = [_entry_id(e) for e in read_json(run.dir / "artifacts.json", []) if json.dumps(e, sort_keys=True) not in old]
+    config = _config_keys(run)
     return {"outputs": files, "metrics_keys": [k for k in metrics if before.metrics.get(k) != metrics[k]],
-            "artifacts": entries}
+            "artifacts": entries, "config_changes": {k: v for k, v in config.items() if before.config.get(k) != v}}
 
 
 def record_outputs(run: Run, stage: str, before: Snapshot, key: dict | None) -> None:
@@ -245,6 +258,8 @@ def reuse_stage(run: Run, stage: str, source: Run, entry: dict, key: dict) -> No
         # A copy, not a hard link: a later rerun of a stage in either run writes some files in
         # place (safetensors, CSVs), which through a shared inode would change the other run.
         shutil.copy2(source.dir / rel, target)
+    if entry.get("config_changes"):  # what the stage settled in config.yaml, on this run's own config
+        write_text(run.config_file, to_yaml(apply_overrides(run.config(), entry["config_changes"])))
     theirs = read_json(source.metrics_file, {})
     mine = read_json(run.metrics_file, {})
     for k in entry.get("metrics_keys", []):
@@ -258,4 +273,5 @@ def reuse_stage(run: Run, stage: str, source: Run, entry: dict, key: dict) -> No
     record_stage(run, stage, status="ok", seconds=round(time.perf_counter() - start, 1), key=key,
                  reused_from=source.dir.name, computed_in=entry.get("computed_in") or source.dir.name,
                  reused_at=datetime.now().isoformat(timespec="seconds"), outputs=entry["outputs"],
-                 metrics_keys=entry.get("metrics_keys", []), artifacts=entry.get("artifacts", []))
+                 metrics_keys=entry.get("metrics_keys", []), artifacts=entry.get("artifacts", []),
+                 config_changes=entry.get("config_changes", {}))
