@@ -437,10 +437,16 @@ def classifier_rows(spec: dict, batch_size: int) -> tuple[list[dict], list[dict]
 def classify_ours(spec: dict, out: Path, timer, validate: bool = False):
     """helpers.tune.fit with sentiment-airline's own config; `validate`: with its validation pass
     at step 0 (as stage 04 runs it), else none."""
+    from datasets import Dataset
+
     from . import tune
 
     cfg = pipeline_config(spec)
     train, val = classifier_rows(spec, cfg.tune.batch_size)
+    if not validate:  # tune.encode_texts fails on no rows (the tokenizer's IndexError); an empty split instead
+        encode = tune.encode_texts
+        tune.encode_texts = lambda tok, rows, *a: encode(tok, rows, *a) if rows else Dataset.from_dict(
+            {"input_ids": [], "attention_mask": [], "labels": []})
     fitted = tune.fit(cfg, train, val if validate else [], out, callbacks=[timer], resume=False)
     return fitted.trainer.model, fitted.tokenizer, train, cfg
 
