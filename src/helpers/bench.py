@@ -1,236 +1,54 @@
-"""Benchmark: our training and evaluation paths against the usual recipes, on the same work.
+"""Benchmark: our training and evaluation paths against the usual recipes, on the same work,
+measured against this machine's own matmul ceiling.
 
     python -m helpers.bench [--steps 30] [--batch-size 8] [--max-length 128] [--model NAME] [--out bench/]
+                            [--sets pairs,multiturn,airline] [--paths ours,pipeline,docs,trl]
                             [--serving yes|no|only]
 
-Three training paths, each in its own process (so peak memory is its own), on the same data,
-model, LoRA configuration, sequence cap, learning rate, seed and number of optimizer steps:
-  ours  what `make pipeline` runs (helpers.training.fit with the chat-faq params)
-  docs  the transformers/PEFT documentation recipe: Trainer, fp32, padding to the longest in
-        the batch, loss on every token (DataCollatorForLanguageModeling)
-  trl   TRL's SFTTrainer with its defaults (bf16, gradient checkpointing, loss on every token)
-Each reports wall time (model load and tokenization included), tokens/s over the training
-loop (timed by the same Trainer callback in every path) for all real tokens and for assistant
-(loss-carrying) tokens (the same counts for every path: same examples, same steps), peak resident
-memory, and the validation loss after training, measured the same way for all three (mean
-assistant-token cross-entropy on held-out chats). Then evaluation: batched perplexity and
-batched KV-cache generation against the same code one example at a time. Then serving
-(helpers.servebench): the base model behind `transformers serve` under 1, 4 and 16 concurrent
-clients beside in-process batched generate (`--serving only` runs just that table). Writes
-bench/<timestamp>/results.json and results.md; the last line printed is the speed-up.
+First the ceiling: the model's own projection matmuls (hidden and MLP shapes from its config) at
+each data set's tokens per optimizer step, forward plus the input gradient LoRA training needs,
+in bf16 and fp32 (`matmul_flops_per_s`), and the FLOPs one trained token needs
+(`flops_per_token`, counted from the config). Then the training paths, each in its own process
+(so peak memory is its own), on the same data, model, LoRA configuration, learning rate, seed
+and number of optimizer steps, on three data sets:
+  pairs      the chatterbot pairs (short: ~56 tokens), cap --max-length
+  multiturn  multi-turn chats of real lengths recombined from the bundled support chats, cap 256
+  airline    the airline tweets, for the classifier paths
+Chat paths:
+  ours      helpers.training.fit with the bench's knobs (no validation during training)
+  pipeline  helpers.training.fit as stage 04 calls it, with params/chat-faq.yaml as it is (its cap,
+            its batch, the step-0 validation and sample answers), for the bench's steps
+  docs      the transformers/PEFT documentation recipe: Trainer, fp32, padding to the longest in
+            the batch, loss on every token (DataCollatorForLanguageModeling)
+  trl       TRL's SFTTrainer with its defaults (bf16, gradient checkpointing, loss on every token)
+Classifier paths (params/sentiment-airline.yaml's model, batch, lr and cap): ours (training.fit, no
+validation), pipeline (the same with its step-0 validation), docs (Trainer, fp32,
+DataCollatorWithPadding to the longest; the same LoRA adapter).
+Each reports wall time, the training loop's time and its optimizer steps' time (the same Trainer
+callback in every path), tokens/s, achieved FLOP/s over the steps as a share of the bf16 and
+fp32 ceilings, peak resident memory, where the wall time outside the loop goes (model
+resolution, load, adapters and bf16 copy, tokenization, Trainer setup; validation and samples
+inside the loop), and the same yardstick after training: mean assistant-token cross-entropy on
+held-out chats (fp32), or validation loss and macro F1 on held-out tweets. Then evaluation:
+batched perplexity and batched KV-cache generation against the same code one example at a time.
+Then serving (helpers.servebench): the base model behind `transformers serve` under 1, 4 and 16
+concurrent clients beside in-process batched generate (`--serving only` runs just that table).
+Writes bench/<timestamp>/results.json and results.md; the last line printed is the speed-up.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
-import random
-import resource
 import subprocess
 import sys
-import tempfile
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
 from . import paths
-
-PATHS = ["ours", "docs", "trl"]
-
-
-# ---------------------------------------------------------------- shared setup
-
-def bench_config(spec: dict):
-    """The chat-faq config with the bench's shared knobs applied (what `ours` trains with)."""
-    from .config import load_config
-
-    over = {"tune.max_steps": spec["steps"], "tune.batch_size": spec["batch_size"],
-            "tune.learning_rate": spec["lr"], "tune.warmup_ratio": 0.0, "tune.scheduler": "constant",
-            "tune.lora.r": spec["r"], "tune.lora.alpha": spec["alpha"], "tune.lora.dropout": 0.0,
-            "model.max_length": spec["max_length"], "experiment.seed": spec["seed"],
-            "tune.save_steps": 10_000, "tune.logging_steps": 10_000}
-    if spec.get("model"):
-        over["model.name_or_path"] = spec["model"]
-    return load_config(paths.PARAMS / "chat-faq.yaml", over)
-
-
-def bench_rows(spec: dict) -> tuple[list[dict], list[dict]]:
-    """The bundled chat pairs, shuffled with the seed: steps*batch to train on, 64 to validate."""
-    from . import data
-
-    rows = data.load(bench_config(spec)).rows
-    random.Random(spec["seed"]).shuffle(rows)
-    n = spec["steps"] * spec["batch_size"]
-    return rows[:n], rows[n:n + spec["val_examples"]]
-
-
-def token_counts(tokenizer, rows: list[dict], max_length: int) -> tuple[int, int]:
-    """All tokens and assistant (loss) tokens of rows under the chat template, capped at max_length."""
-    from . import chat
-
-    enc = [chat.encode(tokenizer, r["messages"], max_length) for r in rows]
-    return sum(len(e.input_ids) for e in enc), sum(e.n_loss_tokens for e in enc)
-
-
-def validation_loss(model, tokenizer, rows: list[dict], max_length: int) -> float:
-    """Mean assistant-token cross-entropy (nats), fp32: the one yardstick for every path."""
-    import numpy as np
-
-    from .inference import token_nlls
-
-    nlls = token_nlls(model, tokenizer, rows, max_length, batch_size=16)
-    return float(np.concatenate(nlls).mean())
-
-
-def lora_config(spec: dict, model):
-    """The LoRA adapter every path uses: the same rank, alpha, targets."""
-    from peft import LoraConfig, TaskType
-
-    from .adapters import TARGET_MODULES
-
-    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=0.0,
-                      target_modules=TARGET_MODULES.get(model.config.model_type, "all-linear"))
-
-
-# ---------------------------------------------------------------- the three paths
-
-class LoopTimer(TrainerCallback):
-    """Seconds from the Trainer's train begin to its end: the same clock for every path."""
-
-    seconds = 0.0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.start = time.perf_counter()
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.seconds = time.perf_counter() - self.start
-
-
-def train_ours(spec: dict, train: list[dict], out: Path, timer):
-    """helpers.training.fit, exactly as the pipeline calls it (no validation during the bench)."""
-    from . import training
-
-    fitted = training.fit(bench_config(spec), train, [], out, callbacks=[timer], resume=False)
-    return fitted.trainer.model, fitted.tokenizer
-
-
-def train_docs(spec: dict, train: list[dict], out: Path, timer):
-    """The documentation recipe: fp32 Trainer, pad to longest, labels = inputs (every token)."""
-    from datasets import Dataset
-    from peft import get_peft_model
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
-
-    from . import models
-
-    cfg = bench_config(spec)
-    tok = models.load_tokenizer(cfg)
-    model = models.load_causal_lm(cfg)
-    model = get_peft_model(model, lora_config(spec, model))
-    texts = [tok.apply_chat_template(r["messages"], tokenize=False) for r in train]
-    ds = Dataset.from_dict({"text": texts}).map(
-        lambda b: tok(b["text"], truncation=True, max_length=spec["max_length"], add_special_tokens=False),
-        batched=True, remove_columns=["text"])
-    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=spec["batch_size"],
-                             max_steps=spec["steps"], learning_rate=spec["lr"], lr_scheduler_type="constant",
-                             seed=spec["seed"], report_to="none", save_strategy="no", logging_steps=10_000,
-                             disable_tqdm=True, use_cpu=not _cuda())
-    Trainer(model=model, args=args, train_dataset=ds, callbacks=[timer],
-            data_collator=DataCollatorForLanguageModeling(tok, mlm=False)).train()
-    return model, tok
-
-
-def train_trl(spec: dict, train: list[dict], out: Path, timer):
-    """TRL's SFTTrainer with its defaults, given the shared knobs (steps, batch, lr, cap, LoRA)."""
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    from . import models
-
-    cfg = bench_config(spec)
-    tok = models.load_tokenizer(cfg)
-    model = models.load_causal_lm(cfg)
-    args = SFTConfig(output_dir=str(out), per_device_train_batch_size=spec["batch_size"], max_steps=spec["steps"],
-                     learning_rate=spec["lr"], lr_scheduler_type="constant", max_length=spec["max_length"],
-                     seed=spec["seed"], report_to="none", save_strategy="no", logging_steps=10_000,
-                     disable_tqdm=True, use_cpu=not _cuda())
-    trainer = SFTTrainer(model=model, args=args, processing_class=tok, peft_config=lora_config(spec, model),
-                         callbacks=[timer],
-                         train_dataset=Dataset.from_list([{"messages": r["messages"]} for r in train]))
-    trainer.train()
-    return trainer.model, tok
-
-
-TRAINERS = {"ours": train_ours, "docs": train_docs, "trl": train_trl}
-
-
-def worker(path: str, spec: dict) -> dict[str, Any]:
-    """Run one training path in this process and measure it."""
-    import torch
-
-    torch.manual_seed(spec["seed"])
-    train, val = bench_rows(spec)
-    timer = LoopTimer()
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        model, tok = TRAINERS[path](spec, train, Path(tmp), timer)
-        seconds = time.perf_counter() - start
-    tokens, loss_tokens = token_counts(tok, train, spec["max_length"])
-    model = model.float().eval()  # the yardstick below runs every path's model in fp32
-    return {"path": path, "seconds": seconds, "train_seconds": timer.seconds, "tokens": tokens,
-            "loss_tokens": loss_tokens, "tokens_per_s": tokens / timer.seconds,
-            "loss_tokens_per_s": loss_tokens / timer.seconds,
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "val_loss": validation_loss(model, tok, val, spec["max_length"])}
-
-
-# ---------------------------------------------------------------- evaluation timing
-
-def eval_bench(spec: dict) -> dict[str, Any]:
-    """Batched perplexity and KV-cache generation against the same code one example at a time."""
-    from . import models
-    from .inference import generate, token_nlls
-
-    cfg = bench_config(spec)
-    tok, model = models.load_tokenizer(cfg), models.load_causal_lm(cfg)
-    _, val = bench_rows(spec)
-    prompts = val[: spec["gen_examples"]]
-    out = {}
-    for name, bs in (("one_at_a_time", 1), ("batched", spec["eval_batch_size"])):
-        t0 = time.perf_counter()
-        token_nlls(model, tok, val, spec["max_length"], batch_size=bs)
-        t1 = time.perf_counter()
-        generate(model, tok, prompts, spec["max_new_tokens"], batch_size=bs)
-        t2 = time.perf_counter()
-        out[name] = {"perplexity_s": t1 - t0, "generation_s": t2 - t1, "total_s": t2 - t0}
-    out["speedup"] = out["one_at_a_time"]["total_s"] / out["batched"]["total_s"]
-    return out
-
-
-def cached_load_seconds(spec: dict) -> dict[str, float]:
-    """Seconds to load the cached base model in a fresh process: the first load (which also
-    imports the model code) and a second one (the load alone)."""
-    from . import models
-
-    cfg = bench_config(spec)
-    models.resolve(models.model_name(cfg))  # converts the GGUF once if needed; not timed
-    times = []
-    for _ in range(2):
-        start = time.perf_counter()
-        models.load_causal_lm(cfg)
-        times.append(time.perf_counter() - start)
-    return {"first_s": times[0], "seconds": times[1]}
-
-
-def serving_bench(spec: dict) -> dict[str, Any]:
-    """The serving table on the bench's base model (helpers.servebench)."""
-    from . import models, servebench
-
-    folder = models.resolve(models.model_name(bench_config(spec)))
-    _, val = bench_rows(spec)
-    return servebench.run(folder, val[: spec["serve_prompts"]], spec["max_new_tokens"], spec["eval_batch_size"])
+from .bench_classify import classifier_worker
+from .bench_paths import CLS_PATHS, PATHS, SETS, cached_load_seconds, ceiling_bench, eval_bench, serving_bench, worker
 
 
 # ---------------------------------------------------------------- driver
@@ -244,6 +62,80 @@ def run_in_subprocess(mode: str, spec: dict) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+CHAT_LABELS = {"ours": "ours (training.fit, bench knobs)", "pipeline": "pipeline (chat-faq.yaml as is)",
+               "docs": "docs: Trainer, fp32, pad to longest, loss on every token",
+               "trl": "TRL `SFTTrainer` defaults (bf16, gradient checkpointing)"}
+CLS_LABELS = {"ours": "ours (training.fit, sentiment-airline.yaml, no validation)",
+              "pipeline": "pipeline (the same, with its step-0 validation)",
+              "docs": "docs: Trainer, fp32, `DataCollatorWithPadding` to the longest"}
+SET_NAMES = {"pairs": "short chatterbot pairs", "multiturn": "multi-turn support chats", "airline": "airline tweets"}
+PHASES = ["resolve", "load", "adapters+bf16", "tokenize", "trainer setup", "evaluate", "samples"]
+
+
+def shares(r: dict, ceiling: dict) -> tuple[float, float, float]:
+    """A path's achieved FLOP/s over its optimizer steps, and its share of the bf16 and fp32 ceilings."""
+    achieved = ceiling["flops_per_token"]["total"] * r["tokens"] / r["step_seconds"]
+    return achieved, achieved / ceiling["bf16"], achieved / ceiling["fp32"]
+
+
+def ceiling_lines(results: dict[str, Any]) -> list[str]:
+    """The ceiling table: per data set, tokens per step, FLOPs per token, bf16 and fp32 matmul FLOP/s."""
+    rows = ["| ceiling (projection matmuls, forward + input gradient) | tokens/step | MFLOP/token | "
+            "bf16 GFLOP/s | fp32 GFLOP/s |", "| --- | ---: | ---: | ---: | ---: |"]
+    for name, c in results["ceiling"].items():
+        f = c["flops_per_token"]
+        rows.append(f"| {SET_NAMES[name]} | {c['tokens_per_step']} | {f['total'] / 1e6:.0f} "
+                    f"(blocks {f['blocks'] / 1e6:.0f} + head {f['head'] / 1e6:.0f}) | {c['bf16'] / 1e9:.1f} | "
+                    f"{c['fp32'] / 1e9:.1f} |")
+    rows.append("FLOPs per trained token from the model config: 4 x in x out per projection per layer "
+                "(forward + input gradient; LoRA needs no gradient of the frozen weights), plus the output layer "
+                "4 x hidden x vocab at the labelled share of positions; adapters, attention scores and embeddings left out.")
+    return rows
+
+
+def train_lines(results: dict[str, Any]) -> list[str]:
+    """The training tables (chat per set, classifier) with shares of the ceiling, and where the wall time goes."""
+    rows = []
+    for name in results["spec"]["sets"]:
+        runs = [r for r in results["train"] if r["set"] == name]
+        if not runs:
+            continue
+        c = results["ceiling"][name]
+        cls = name == "airline"
+        rows += ["", f"**{SET_NAMES[name]}**", "",
+                 f"| path | wall s | loop s | step s | tokens/s (loop) | {'macro F1' if cls else 'loss tokens/s'} | "
+                 "GFLOP/s (steps) | % bf16 ceiling | % fp32 ceiling | peak RSS GiB | val loss |",
+                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in runs:
+            achieved, bf, fp = shares(r, c)
+            extra = f"{r['f1_macro']:.4f}" if cls else f"{r['loss_tokens_per_s']:.0f}"
+            rows.append(f"| {(CLS_LABELS if cls else CHAT_LABELS)[r['path']]} | {r['seconds']:.1f} | "
+                        f"{r['train_seconds']:.1f} | {r['step_seconds']:.1f} | {r['tokens_per_s']:.0f} | {extra} | "
+                        f"{achieved / 1e9:.1f} | {100 * bf:.0f}% | {100 * fp:.0f}% | {r['peak_rss_gib']:.2f} | "
+                        f"{r['val_loss']:.4f} |")
+        rows += ["", "| outside the loop, s | " + " | ".join(PHASES) + " | other | total outside |",
+                 "| --- |" + " ---: |" * (len(PHASES) + 2)]
+        for r in runs:
+            ph = r["phases"]
+            inside = ph.get("evaluate", 0.0) + ph.get("samples", 0.0)  # step-0 validation runs inside the loop
+            outside = r["seconds"] - r["train_seconds"]
+            other = outside - sum(v for k, v in ph.items() if k not in ("evaluate", "samples"))
+            rows.append(f"| {r['path']} | " + " | ".join(f"{ph.get(k, 0.0):.1f}" for k in PHASES)
+                        + f" | {other:.1f} | {outside:.1f} |")
+            if inside:
+                rows.append(f"| ({r['path']}: the loop's {inside:.1f} s of validation and samples are inside the "
+                            f"loop, {r['val_examples']} examples at {r['val_examples'] / max(ph.get('evaluate', 0), 1e-9):.2f}/s) |"
+                            + " |" * (len(PHASES) + 2))
+        s = results["summary"].get(name)
+        if s:
+            rows += ["", f"Over the best reference ({s['best_reference']}): {s['train_speedup']:.2f}x in the loop, "
+                         f"{s['wall_speedup']:.2f}x in wall time; "
+                     + (f"macro F1 {s['f1_gap']:+.4f}" if cls else f"validation loss {s['val_loss_gap_pct']:+.2f}%")
+                     + " vs it." + (f" Pipeline path: {s['pipeline_ratio']:.2f}x ours' tokens/s in the loop."
+                                     if s.get("pipeline_ratio") else "")]
+    return rows
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The results as markdown tables, the way the README shows them."""
     from . import servebench
@@ -251,18 +143,12 @@ def markdown(results: dict[str, Any]) -> str:
     if "eval" not in results:  # --serving only
         return "\n".join([servebench.markdown(results["serving"]), "", f"Machine: {results['machine']}. "
                                                                           f"Spec: {json.dumps(results['spec'])}"])
-    rows = ["| path | wall s | train loop s | tokens/s | loss tokens/s | peak RSS GiB | val loss |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in results["train"]:
-        rows.append(f"| {r['path']} | {r['seconds']:.1f} | {r['train_seconds']:.1f} | {r['tokens_per_s']:.0f} | "
-                    f"{r['loss_tokens_per_s']:.0f} | {r['peak_rss_gib']:.2f} | {r['val_loss']:.4f} |")
+    rows = ceiling_lines(results) + train_lines(results)
     e = results["eval"]
     rows += ["", "| evaluation | perplexity s | generation s | total s |", "| --- | ---: | ---: | ---: |"]
     for name in ("one_at_a_time", "batched"):
         rows.append(f"| {name} | {e[name]['perplexity_s']:.1f} | {e[name]['generation_s']:.1f} | {e[name]['total_s']:.1f} |")
-    s = results["summary"] or {"best_reference": "-", "train_speedup": float("nan"), "val_loss_gap_pct": float("nan")}
-    rows += ["", f"Training speed-up over the best reference ({s['best_reference']}): {s['train_speedup']:.2f}x; "
-                 f"validation loss {s['val_loss_gap_pct']:+.2f}% vs it. Evaluation speed-up: {e['speedup']:.2f}x. "
+    rows += ["", f"Evaluation speed-up: {e['speedup']:.2f}x. "
                  f"Cached base-model load: {results['cached_load']['seconds']:.2f} s "
                  f"({results['cached_load']['first_s']:.2f} s for the first load in a fresh process, model code imports included).",
              f"Machine: {results['machine']}. Spec: {json.dumps(results['spec'])}"]
@@ -272,23 +158,36 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def summary(train: list[dict]) -> dict[str, Any]:
-    """Speed-up of ours over the fastest reference, and the validation-loss gap to it."""
-    ours = next(r for r in train if r["path"] == "ours")
-    refs = [r for r in train if r["path"] != "ours"]
-    best = max(refs, key=lambda r: r["tokens_per_s"])
-    return {"best_reference": best["path"], "train_speedup": ours["tokens_per_s"] / best["tokens_per_s"],
-            "val_loss_gap_pct": 100 * (ours["val_loss"] - best["val_loss"]) / best["val_loss"]}
+    """Per data set: ours over the fastest reference in the loop and in wall time, and the quality gap to it."""
+    out = {}
+    for name in dict.fromkeys(r["set"] for r in train):
+        runs = {r["path"]: r for r in train if r["set"] == name}
+        refs = [r for p, r in runs.items() if p not in ("ours", "pipeline")]
+        if "ours" not in runs or not refs:
+            continue
+        ours = runs["ours"]
+        best = max(refs, key=lambda r: r["tokens_per_s"])
+        s = {"best_reference": best["path"], "train_speedup": ours["tokens_per_s"] / best["tokens_per_s"],
+             "wall_speedup": best["seconds"] / ours["seconds"],
+             "val_loss_gap_pct": 100 * (ours["val_loss"] - best["val_loss"]) / best["val_loss"]}
+        if "f1_macro" in ours:
+            s["f1_gap"] = ours["f1_macro"] - best["f1_macro"]
+        if "pipeline" in runs:
+            s["pipeline_ratio"] = runs["pipeline"]["tokens_per_s"] / ours["tokens_per_s"]
+        out[name] = s
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments; run the workers (or, with --worker, be one)."""
     p = argparse.ArgumentParser(prog="python -m helpers.bench", description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=30, help="optimizer steps per training path")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-length", type=int, default=128, help="token cap per example")
+    p.add_argument("--batch-size", type=int, default=8, help="chat examples per step (the classifier uses its config's)")
+    p.add_argument("--max-length", type=int, default=128, help="token cap per example on the short pairs")
     p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--model", default=None, help="any model name_or_path (default: the bundled SmolLM2)")
-    p.add_argument("--paths", default=",".join(PATHS), help="which training paths to time")
+    p.add_argument("--model", default=None, help="any chat model name_or_path (default: the bundled SmolLM2)")
+    p.add_argument("--paths", default=",".join(PATHS), help="which chat training paths to time")
+    p.add_argument("--sets", default=",".join(SETS), help="data sets: pairs, multiturn (chat), airline (classifier)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", default=str(paths.ROOT / "bench"))
     p.add_argument("--serving", choices=["yes", "no", "only"], default="yes",
@@ -299,39 +198,70 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.worker:
         spec = json.loads(a.spec)
-        result = {"eval": eval_bench, "load": cached_load_seconds, "serving": serving_bench}.get(
-            a.worker, lambda s: worker(a.worker, s))(spec)
+        result = {"eval": eval_bench, "load": cached_load_seconds, "serving": serving_bench, "ceiling": ceiling_bench,
+                  }.get(a.worker, lambda s: (classifier_worker if s["set"] == "airline" else worker)(a.worker, s))(spec)
         print(json.dumps(result))
         return 0
     spec = {"steps": a.steps, "batch_size": a.batch_size, "max_length": a.max_length, "lr": a.lr, "model": a.model,
             "seed": a.seed, "r": 8, "alpha": 16, "val_examples": 64, "gen_examples": 16, "eval_batch_size": 16,
-            "max_new_tokens": 32, "serve_prompts": a.serve_prompts}
+            "max_new_tokens": 32, "serve_prompts": a.serve_prompts, "set": "pairs", "sets": a.sets.split(","),
+            "multiturn_max_length": 256, "cls_val_examples": 512, "ceiling_seconds": 2.0}
     out = Path(a.out) / datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True)
-    machine = f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} CPUs, {_gpu()}"
+    machine = machine_line()
+    print(f"machine: {machine}", flush=True)
     if a.serving == "only":
         return serving_only(spec, machine, out)
-    train = []
-    for path in a.paths.split(","):
-        print(f"training path {path} ...", flush=True)
-        train.append(run_in_subprocess(path, spec))
-        print(f"  {train[-1]['seconds']:.1f} s, {train[-1]['tokens_per_s']:.0f} tokens/s, "
-              f"val loss {train[-1]['val_loss']:.4f}", flush=True)
+    print("ceiling ...", flush=True)
+    results = {"spec": spec, "machine": machine, "ceiling": run_in_subprocess("ceiling", spec), "train": []}
+    print("\n".join(ceiling_lines(results)), flush=True)
+    for name in spec["sets"]:
+        for path in (CLS_PATHS if name == "airline" else a.paths.split(",")):
+            print(f"training path {path} on {SET_NAMES[name]} ...", flush=True)
+            r = run_in_subprocess(path, {**spec, "set": name})
+            results["train"].append(r)
+            print(f"  {r['seconds']:.1f} s wall, {r['train_seconds']:.1f} s loop, {r['tokens_per_s']:.0f} tokens/s, "
+                  f"{100 * shares(r, results['ceiling'][name])[1]:.0f}% of the bf16 ceiling, "
+                  f"val loss {r['val_loss']:.4f}", flush=True)
     print("evaluation ...", flush=True)
-    results = {"spec": spec, "machine": machine, "train": train, "eval": run_in_subprocess("eval", spec),
-               "cached_load": run_in_subprocess("load", spec)}
+    results["eval"] = run_in_subprocess("eval", spec)
+    results["cached_load"] = run_in_subprocess("load", spec)
     if a.serving == "yes":
         print("serving ...", flush=True)
         results["serving"] = run_in_subprocess("serving", spec)
-    results["summary"] = summary(train) if len(train) > 1 else {}
+    results["summary"] = summary(results["train"])
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown(results) + "\n")
     print(markdown(results))
     print(f"written: {out}/results.md")
-    s = results["summary"] or {"best_reference": "-", "train_speedup": float("nan")}
-    print(f"speed-up over the best reference ({s['best_reference']}): {s['train_speedup']:.2f}x training, "
-          f"{results['eval']['speedup']:.2f}x evaluation")
+    print(final_line(results))
     return 0
+
+
+def final_line(results: dict[str, Any]) -> str:
+    """The last line: ours over the best reference on the short pairs (loop, evaluation, wall), then the other sets."""
+    s = results["summary"]
+    first = s.get("pairs") or {"best_reference": "-", "train_speedup": float("nan"), "wall_speedup": float("nan")}
+    rest = "".join(f"; {SET_NAMES[k]} ({v['best_reference']}): {v['train_speedup']:.2f}x training, "
+                   f"{v['wall_speedup']:.2f}x wall time" for k, v in s.items() if k != "pairs")
+    return (f"speed-up over the best reference ({first['best_reference']}): {first['train_speedup']:.2f}x training, "
+            f"{results['eval']['speedup']:.2f}x evaluation, {first['wall_speedup']:.2f}x wall time{rest}")
+
+
+def machine_line() -> str:
+    """CPU model, AMX or not, cores, GPU, and the load average now (the machine may be shared)."""
+    import os
+
+    model, flags = platform.processor() or platform.machine(), ""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        model = next(l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name"))
+        flags = next(l for l in info.splitlines() if l.startswith("flags"))
+    except (OSError, StopIteration):
+        pass
+    units = "AMX" if "amx_tile" in flags else "AVX-512 bf16, no AMX" if "avx512_bf16" in flags else "no bf16 units"
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{model} ({units}), {os.cpu_count()} CPUs, {_gpu()}, load average {load}, {datetime.now():%Y-%m-%d %H:%M}"
 
 
 def serving_only(spec: dict, machine: str, out: Path) -> int:
@@ -346,13 +276,6 @@ def serving_only(spec: dict, machine: str, out: Path) -> int:
     print(f"written: {out}/results.md")
     print(servebench.summary(results["serving"]))
     return 0
-
-
-def _cuda() -> bool:
-    """Whether a CUDA GPU is there (the references then run on it too)."""
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _gpu() -> str:

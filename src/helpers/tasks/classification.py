@@ -36,6 +36,8 @@ def encode(tokenizer, rows: list[dict], labels: list[str], max_length: int, spli
     if unknown:
         raise schema.DataError(f"{len(unknown)} {split} row(s) have a label outside {labels}: "
                              f"{', '.join(unknown[:5])}; set data.labels or fix the rows")
+    if not rows:  # no validation rows: an empty split (the tokenizer fails on an empty list)
+        return Dataset.from_dict({"input_ids": [], "attention_mask": [], "labels": []})
     enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)
     return Dataset.from_dict({**enc, "labels": [index[r["label"]] for r in rows]})
 
