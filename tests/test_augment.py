@@ -5,7 +5,7 @@ from typing import get_args
 
 import pytest
 
-from helpers import augment, config, data, models, textops
+from helpers import augment, config, data, models, sections, textops
 from helpers.config import ConfigError
 
 TEXT = "@united My flight was delayed again and the crew was rude. Please refund <EMAIL> now!"
@@ -161,9 +161,9 @@ def test_paraphrases_that_drift_away_are_rejected(support):
 
 
 def test_op_names_are_one_list():
-    # config.AugmentOp is the list; augment implements each name, and evaluate's robustness ops reuse them.
-    assert augment.OPS == list(get_args(config.AugmentOp))
+    # sections.AugmentOp is the list; augment implements each name, and evaluate's robustness ops reuse them.
+    assert augment.OPS == list(get_args(sections.AugmentOp))
     assert set(augment.OPS) == set(textops.TEXT_OPS) | {"multiturn", "paraphrase"}
     assert set(textops.WORD_OPS) <= set(augment.OPS) and augment.CHAT_ONLY <= set(augment.OPS)
-    robustness = get_args(get_args(config.EvaluateParams.model_fields["robustness_ops"].annotation)[0])
+    robustness = get_args(get_args(sections.EvaluateParams.model_fields["robustness_ops"].annotation)[0])
     assert set(robustness) <= set(textops.TEXT_OPS)

@@ -13,7 +13,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "helpers"
 
 LAYERS = {
-    "base": ["paths", "config", "runs", "data", "schema", "textfile", "readers", "chat", "models", "metrics",
+    "base": ["paths", "config", "sections", "runs", "data", "schema", "textfile", "readers", "chat", "models", "metrics",
              "artifacts", "plots", "precision", "measures", "textrules", "bookkeeping", "words", "textops", "verdicts"],
     "engine": ["inference", "adapters", "trainer", "training", "tasks", "tasks.chat", "tasks.classification"],
     "drivers": ["search", "search_study", "search_report", "crossval"],

@@ -17,7 +17,8 @@ from typing import get_args
 import pandas as pd
 
 from . import chat
-from .config import AugmentOp, Config, ConfigError
+from .config import Config, ConfigError
+from .sections import AugmentOp
 from .schema import INPUT_ROLES, row_texts, with_text
 from .textops import TEXT_OPS, placeholders
 

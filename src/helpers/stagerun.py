@@ -18,7 +18,7 @@ from typing import IO, get_args
 
 import nbformat
 
-from .config import Task
+from .sections import Task
 
 TASK_TAG = "task-"
 TASKS = get_args(Task)

@@ -18,7 +18,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .config import TuneParams
+from .sections import TuneParams
 
 # A validation loss at least this much (relative) below the one before counts as still falling:
 # evaluation losses of the same model differ by less than 0.1% between reruns.
