@@ -13,7 +13,7 @@ import base64
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -21,9 +21,6 @@ import pandas as pd
 from . import metrics, plots
 from .report import TEMPLATES, fmt
 from .runs import Run, read_json
-
-if TYPE_CHECKING:
-    from .sweep import Plan, Variant
 
 # (metrics.json key, its interval key, column title, lower is better)
 CHAT_METRICS = [("perplexity_base", "perplexity_base_ci", "perplexity base", True),
@@ -118,8 +115,9 @@ def _per_example(run: Run, task: str) -> list[dict] | None:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def variant_rows(variants: list["Variant"], runs: dict[int, Run]) -> list[dict[str, Any]]:
-    """Per variant: values, run folder, status, reused stages, headline figures, paired differences."""
+def variant_rows(variants: list, runs: dict[int, Run]) -> list[dict[str, Any]]:
+    """Per variant (sweep.Variant: values, config): its run folder, status, reused stages, headline figures,
+    paired differences."""
     rows: list[dict[str, Any]] = []
     ref_examples: list[dict] | None = None
     for i, v in enumerate(variants):
@@ -227,8 +225,8 @@ def metric_figure(rows: list[dict[str, Any]], grid: dict[str, list]):
     return fig
 
 
-def write_page(p: "Plan", rows: list[dict[str, Any]]) -> Path:
-    """Write table.csv, figures/metric.png and sweep.html into the sweep's folder; returns the page."""
+def write_page(p: Any, rows: list[dict[str, Any]]) -> Path:
+    """Write table.csv, figures/metric.png and sweep.html into the folder of p (a sweep.Plan); returns the page."""
     import matplotlib.pyplot as plt
 
     table = display_table(rows, p.grid)
