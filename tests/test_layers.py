@@ -1,4 +1,5 @@
 """Imports inside src/helpers point down the layers and never form a cycle (docs/architecture.md draws them).
+An import under `if TYPE_CHECKING:` counts too: annotations are no reason to point back up.
 
 entry points -> stages -> drivers -> engine -> base. A module may import modules of its own
 layer or below; no import, at module level or inside a function, may close a cycle.
@@ -37,12 +38,7 @@ def imports_of(path: Path, root: Path, package: str = "helpers") -> set[str]:
     is_package = path.name == "__init__.py"
     known = {module_name(p, root) for p in root.rglob("*.py")}
     found: set[str] = set()
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
-                   for stmt in block.body for n in ast.walk(stmt)}  # annotations only: never run
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom):
             if node.level:  # relative: from . import x / from ..config import y
                 base = here if is_package else here[:-1]
@@ -60,12 +56,6 @@ def imports_of(path: Path, root: Path, package: str = "helpers") -> set[str]:
                 if alias.name.startswith(package + "."):
                     found.add(alias.name[len(package) + 1:])
     return {m for m in found if m in known and m != module_name(path, root)}
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    """`if TYPE_CHECKING:` or `if typing.TYPE_CHECKING:`."""
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
-        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def graph(root: Path) -> dict[str, set[str]]:
@@ -126,7 +116,7 @@ def toy(tmp_path: Path) -> Path:
     (pkg / "__init__.py").write_text("")
     (pkg / "base.py").write_text("def f():\n    from . import stage\n")
     (pkg / "stage.py").write_text("from . import base, other\n")
-    (pkg / "other.py").write_text("from helpers.stage import thing\nif TYPE_CHECKING:\n    from . import sub\n")
+    (pkg / "other.py").write_text("from helpers.stage import thing\n")
     (pkg / "sub" / "__init__.py").write_text("from .. import base\nfrom ..base import f\n")
     return pkg
 
