@@ -55,8 +55,8 @@ def classifier_worker(path: str, spec: dict) -> dict[str, Any]:
     """Run one classifier training path in this process and measure it (validation loss, macro F1)."""
     import numpy as np
     import torch
-    from sklearn.metrics import f1_score
 
+    from . import metrics
     from .inference import predict_proba
 
     torch.manual_seed(spec["seed"])
@@ -84,4 +84,4 @@ def classifier_worker(path: str, spec: dict) -> dict[str, Any]:
             "tokens_per_s": tokens / timer.seconds, "step_tokens_per_s": tokens / timer.step_seconds,
             "peak_rss_gib": rss, "val_examples": len(val),
             "val_loss": float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean()),
-            "f1_macro": float(f1_score(y, probs.argmax(1), average="macro"))}
+            "f1_macro": metrics.classification_scores(y, probs)["macro_f1"]}  # stage 05's function

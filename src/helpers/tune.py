@@ -67,9 +67,9 @@ def finish(run: Run, cfg: Config, fitted: training.Fitted) -> dict[str, Any]:
         return {}  # under accelerate launch, one process writes
     model_dir = run.model
     history = fitted.trainer.state.log_history
-    train_rows, val_rows = training.load_splits(run)
-    metrics = {"method": cfg.tune.method, "train_file": run.train_file.name, "train_rows": len(train_rows),
-               "validation_rows": len(val_rows), **training.summarize(fitted)}
+    trainer = fitted.trainer  # its datasets hold one example per row: no second read of the splits
+    metrics = {"method": cfg.tune.method, "train_file": run.train_file.name, "train_rows": len(trainer.train_dataset),
+               "validation_rows": len(trainer.eval_dataset or []), **training.summarize(fitted)}
     training.save_model(fitted, model_dir / "adapter" if cfg.tune.method in adapters.PEFT_METHODS else None,
                         model_dir / "final", cfg)
     runs.write_json(model_dir / "log_history.json", history)
