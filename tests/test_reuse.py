@@ -31,6 +31,11 @@ def test_a_changed_key_invalidates_only_the_stages_that_read_it(reports):
     # 01 estimates an epoch's steps from the batch size, so it is invalidated too; 02 and 03 are not.
     batch = keys(reports, ["tune.batch_size=2"])
     assert [s for s in base if base[s] != batch[s]] == ["01-explore-data", "04-tune-model"]
+    # With a time budget, 01 turns its timed steps into 04's steps: a tune change reaches 01 too.
+    budget = keys(reports, ["tune.time_budget_minutes=5"])
+    budget_lora = keys(reports, ["tune.time_budget_minutes=5", "tune.lora.r=16"])
+    assert [s for s in base if base[s] != budget[s]] == ["01-explore-data", "04-tune-model"]
+    assert [s for s in budget if budget[s] != budget_lora[s]] == ["01-explore-data", "04-tune-model"]
     seed = keys(reports, ["experiment.seed=7"])
     assert all(base[s] != seed[s] for s in base)  # the one seed reaches every stage
     assert keys(reports, ["report.title=another title"]) == base  # no stage before 06 reads report.*
@@ -170,7 +175,8 @@ def test_other_inputs_or_code_find_nothing(reports):
 # ---------------------------------------------------------------- the declarations stay true
 
 STAGE_MODULES = {  # the helpers each notebook calls with the config
-    "01-explore-data": ["data", "readers", "schema", "textfile", "explore", "measures", "words", "models"],
+    "01-explore-data": ["data", "readers", "schema", "textfile", "explore", "measures", "words", "models", "budget",
+                        "training", "adapters", "precision"],
     "02-clean-data": ["clean", "textrules", "bookkeeping", "measures", "models"],
     "03-augment-data": ["augment", "textops", "models"],
     "04-tune-model": ["tune", "search", "crossval", "models", "chat"],
@@ -194,7 +200,7 @@ def test_every_config_read_of_a_stage_is_in_its_key(stage):
     nb = json.loads((paths.NOTEBOOKS / f"{stage}.ipynb").read_text())
     texts = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
     texts += [(paths.ROOT / "src" / "helpers" / f"{m}.py").read_text() for m in STAGE_MODULES[stage]]
-    declared = reuse.STAGE_CONFIG[stage]
+    declared = reuse.STAGE_CONFIG[stage] + reuse.STAGE_CONFIG_IF.get(stage, ("", []))[1]
     reads = set().union(*(config_reads(t) for t in texts))
     missing = sorted(r for r in reads if not any(r == d or r.startswith(d + ".") for d in declared))
     assert not missing, f"{stage} reads {missing}: add them to reuse.STAGE_CONFIG"

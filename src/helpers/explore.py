@@ -9,10 +9,7 @@ differs by task comes from the task given.
 from __future__ import annotations
 
 import math
-import os
-import random
 import re
-import time
 from collections import Counter
 
 import numpy as np
@@ -150,62 +147,45 @@ def length_histogram(lengths: pd.DataFrame, max_length: int, title: str):
 
 
 def epoch_tokens(lengths: pd.DataFrame, cfg: Config) -> dict:
-    """Tokens (and loss tokens) the model reads per training epoch, estimated from the train share."""
+    """Rows, tokens (and loss tokens) and optimizer steps of one training epoch, estimated from the split
+    shares (02 has not run yet), before augmentation (03 adds augment.ratio rows per training row)."""
     s = cfg.data.split
-    share = 1.0 - s.validation - s.test  # 02 splits after cleaning, so this is an estimate
+    share = 1.0 - s.validation - s.test
     capped = lengths["tokens"].clip(upper=cfg.model.max_length)
     n_train = round(len(lengths) * share)
-    out = {"train_rows_estimate": n_train, "tokens_per_epoch": int(capped.sum() * share),
+    out = {"train_rows_estimate": n_train, "validation_rows_estimate": round(len(lengths) * s.validation),
+           "tokens_per_epoch": int(capped.sum() * share),
            "steps_per_epoch": math.ceil(n_train / (cfg.tune.batch_size * cfg.tune.grad_accum))}
     if "loss_tokens" in lengths:
         out["loss_tokens_per_epoch"] = int(lengths["loss_tokens"].sum() * share)
     return out
 
 
-def measure_speed(cfg: Config, tokenizer, rows: list[dict], batch_rows: int = 2, tokens: int = 64) -> dict:
-    """Seconds per training token, from timing forward passes on one small real batch (an estimate)."""
-    import torch
+def time_training(run: runs.Run, cfg: Config, rows: list[dict], lengths: pd.DataFrame,
+                  epoch: dict) -> tuple[Config, dict | None]:
+    """Time a few real optimizer steps of stage 04's own path (budget.measure) and estimate an epoch
+    from them; with tune.time_budget_minutes, turn the budget into steps and write them into the run's
+    config.yaml (budget.plan_budget). None when explore.measure_speed is off and there is no budget."""
+    t = cfg.tune
+    planning = bool(t.time_budget_minutes) and t.max_steps <= 0
+    if not (cfg.explore.measure_speed or planning):
+        return cfg, None
+    from . import budget  # the training engine (torch, peft): loaded only when 01 times it
 
-    rng = random.Random(cfg.experiment.seed)
-    sample = rng.sample(rows, min(batch_rows, len(rows)))
-    width = min(tokens, cfg.model.max_length)  # a short batch: the rate per token is what we need
-    if cfg.experiment.task == "chat":
-        model = models.load_causal_lm(cfg)
-        ids = [chat.encode(tokenizer, r["messages"], width).input_ids for r in sample]
-    else:
-        model = models.load_classifier(cfg, sorted({r["label"] for r in rows}))
-        ids = tokenizer([r["text"] for r in sample], truncation=True, max_length=width)["input_ids"]
-    n = max(len(i) for i in ids)
-    pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([i + [pad] * (n - len(i)) for i in ids])  # (B, T)
-    mask = torch.tensor([[1] * len(i) + [0] * (n - len(i)) for i in ids])  # (B, T)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device).eval()
-    input_ids, mask = input_ids.to(device), mask.to(device)
-    times = []
-    with torch.no_grad():
-        model(input_ids=input_ids[:1, :8], attention_mask=mask[:1, :8])  # warm-up: one-time setup, not timed
-        # The fastest of 2-5 passes (as many as fit in about a second): a busy, shared machine
-        # only ever adds time, and one slow pass of a small model would inflate the estimate 50x.
-        while len(times) < 2 or (len(times) < 5 and sum(times) < 1.0):
-            start = time.perf_counter()
-            model(input_ids=input_ids, attention_mask=mask)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-    forward = min(times)
-    # A training step is a forward plus a backward of about twice its cost: 3x the forward.
-    # The load average says how busy the machine was: a loaded CPU can make the rate 10x worse.
-    return {"device": device, "batch_rows": len(sample), "batch_tokens": int(mask.sum()),
-            "forward_seconds": round(forward, 3), "train_seconds_per_token": 3 * forward / int(mask.sum()),
-            "cpu_threads": torch.get_num_threads(), "load_average_1min": round(os.getloadavg()[0], 2)}
-
-
-def epoch_seconds(tokens_per_epoch: int, seconds_per_token: float) -> float:
-    """Estimated seconds per epoch: the measured rate times the epoch's tokens."""
-    # An order of magnitude, not a promise: LoRA skips most weight gradients (faster), while
-    # padding, the optimizer step, evaluation and checkpoints add time.
-    return round(tokens_per_epoch * seconds_per_token, 1)
+    fits = [rows[i] for i in lengths.index[lengths["tokens"] <= cfg.model.max_length]]
+    timing = budget.measure(cfg, fits, fits)
+    steps, val_rows = epoch["steps_per_epoch"], epoch["validation_rows_estimate"]
+    validation = timing["seconds_per_validation_row"] * val_rows
+    out = {"timing": timing, "est_seconds_per_step": timing["seconds_per_step"],
+           "est_seconds_per_epoch": round(steps * timing["seconds_per_step"], 1),
+           "est_seconds_per_validation": round(validation, 1)}
+    if planning:
+        plan = budget.plan_budget(cfg, timing, epoch["train_rows_estimate"], val_rows)
+        cfg = apply_overrides(cfg, budget.plan_overrides(plan))
+        runs.write_text(run.config_file, to_yaml(cfg))  # config.yaml says what ran: 04 trains these steps
+        out["budget"] = plan
+    runs.record_metrics(run, "explore", {"training_time": out})
+    return cfg, out
 
 
 def pick_example(rows: list[dict], lengths: pd.DataFrame, max_length: int) -> dict:

@@ -139,7 +139,26 @@ def cards(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             ci = f"95% CI {lo:.3f} – {hi:.3f}; " if lo is not None else ""
             out.append(_value(label, ev[key], f"{ci}baseline {fmt(ev.get(f'baseline_{key}'))}"))
         out.append(_value("test examples", ev.get("examples", "?"), "TF-IDF + logistic regression is the baseline"))
+    if metrics.get("tune", {}).get("steps"):
+        out.append(_value("training steps", metrics["tune"]["steps"], training_detail(metrics["tune"])))
     return out
+
+
+def training_detail(tune: dict[str, Any]) -> str:
+    """What set the steps, the epochs and minutes they made, and 01's step-time estimate against the real one."""
+    parts = [f"set by {tune.get('steps_rule', 'epochs')}"]
+    if tune.get("time_budget_minutes"):
+        parts[0] += f" ({fmt(tune['time_budget_minutes'])} min)"
+    if tune.get("epochs_trained") is not None:
+        parts.append(f"{fmt(tune['epochs_trained'], 2)} epochs")
+    if tune.get("step_seconds") is not None:
+        parts.append(f"{tune['step_seconds'] / 60:.1f} min in optimizer steps")
+    if tune.get("stopped_early"):
+        parts.append(f"stopped early (best step {tune.get('best_step')})")
+    if tune.get("step_time_vs_01_estimate"):
+        parts.append(f"{fmt(tune['seconds_per_step'], 3)} s per step, {fmt(tune['step_time_vs_01_estimate'], 2)}x "
+                     f"01's estimate")
+    return "; ".join(parts)
 
 
 def headline(metrics: dict[str, Any]) -> list[tuple[str, Markup, str]]:

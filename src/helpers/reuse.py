@@ -35,9 +35,11 @@ MODES = ("same-code", "any", "off")
 # not listed (06, the report of the run itself) always runs.
 STAGE_CONFIG: dict[str, list[str]] = {
     # 01: loading (data.*), token lengths (model.*), the epoch estimate (tune.batch_size and
-    # grad_accum, data.split), the speed probe (model.*), the near-duplicate count.
+    # grad_accum, data.split), the near-duplicate count; its timed training steps read all of
+    # tune.* (STAGE_CONFIG_IF).
     "01-explore-data": ["experiment.task", "experiment.seed", "data", "model", "explore",
-                        "clean.near_dup_threshold", "tune.batch_size", "tune.grad_accum"],
+                        "clean.near_dup_threshold", "tune.batch_size", "tune.grad_accum",
+                        "tune.time_budget_minutes"],
     # 02: cleaning and splitting; the tokenizer for too_long (model.*: the test reads by module);
     # explore.examples sizes a shown table.
     "02-clean-data": ["experiment.task", "experiment.seed", "data.split", "clean", "model", "explore.examples"],
@@ -50,6 +52,11 @@ STAGE_CONFIG: dict[str, list[str]] = {
     # 05: scoring; robustness perturbs prompts at augment.word_share.
     "05-evaluate-model": ["experiment.task", "experiment.seed", "model", "evaluate", "augment.word_share"],
 }
+# Keys a stage's outputs depend on only under a setting: 01 times stage 04's training path (all of
+# tune.*) either way, but only a time budget turns that timing into the steps 04 trains. Without
+# one, 01's timing is an estimate for reading, and a sweep over tune.* reuses 01 once for all its
+# variants (the estimate is then the first variant's); with one, each variant plans its own steps.
+STAGE_CONFIG_IF: dict[str, tuple[str, list[str]]] = {"01-explore-data": ("tune.time_budget_minutes", ["tune"])}
 # Input files of each stage, relative to the run folder (a "/**" suffix: every file below).
 # Only data the stage reads, not the earlier stages' notebooks or timings, so a recomputed
 # stage that wrote the same data still lets the next one be reused.
@@ -160,8 +167,18 @@ def stage_key(run: Run, stage: str) -> dict[str, Any] | None:
     if stage not in STAGE_CONFIG:
         return None
     dump = run.config().model_dump(mode="json")
-    return {"config": config_digest(dump, STAGE_CONFIG[stage]), "inputs": input_digests(run, stage),
+    return {"config": config_digest(dump, stage_config(stage, dump)), "inputs": input_digests(run, stage),
             "code": code_version()}
+
+
+def stage_config(stage: str, dump: dict[str, Any]) -> list[str]:
+    """The config keys a stage's key covers: STAGE_CONFIG, plus STAGE_CONFIG_IF's when its setting is on."""
+    keys = list(STAGE_CONFIG[stage])
+    if stage in STAGE_CONFIG_IF:
+        setting, more = STAGE_CONFIG_IF[stage]
+        if flatten(dump).get(setting):
+            keys += more
+    return keys
 
 
 def same_key(a: dict, b: dict, mode: str) -> bool:

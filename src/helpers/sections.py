@@ -173,7 +173,16 @@ class TuneParams(Section):
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     epochs: float = Field(1.0, gt=0)
-    max_steps: int = -1  # > 0 overrides epochs
+    max_steps: int = -1  # > 0 overrides epochs and the time budget
+    # Train for this many minutes instead of epochs: stage 01 times a few real optimizer steps and a
+    # validation pass (helpers.budget) and writes the steps that fit into the run's config.yaml as
+    # tune.max_steps (with eval_steps / save_steps when the budget allows fewer than two evaluations).
+    # None = steps from epochs. The figures then depend on the machine's speed, as the budget does.
+    time_budget_minutes: float | None = Field(None, gt=0)
+    # Small data: when epochs give fewer optimizer steps than this, train this many (several epochs;
+    # early stopping and the best checkpoint guard against overfitting). 77 FAQ pairs at batch 8 are
+    # 10 steps an epoch: one epoch barely moves the loss. 0 = off. Not applied to max_steps or budgets.
+    min_steps: int = Field(100, ge=0)
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     scheduler: Literal["linear", "cosine", "constant", "step"] = "linear"

@@ -14,6 +14,7 @@ What changes with the task (encoding, base model, batches, metrics) comes from h
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -96,8 +97,23 @@ def prepare(cfg: Config, train_rows: list[dict], val_rows: list[dict], output_di
 def arguments(cfg: Config, prepared: Prepared, model, progress: bool = True) -> TrainingArguments:
     """The TrainingArguments for this model and data (packing depends on the architecture)."""
     packed = tasks.for_config(cfg).packs(cfg, model.config.model_type)
+    steps, _rule = planned_steps(cfg, len(prepared.train))
     return training_args(cfg, prepared.output_dir, prepared.has_validation, prepared.checkpoint is not None,
-                         packed, progress)
+                         packed, progress, steps)
+
+
+def planned_steps(cfg: Config, n_train: int) -> tuple[int, str]:
+    """The max_steps to train (-1: the Trainer counts them from tune.epochs) and the rule that set them.
+
+    tune.max_steps wins (stage 01 writes a time budget's steps there); otherwise epochs, raised to
+    tune.min_steps when the data is so small that its epochs would give fewer steps."""
+    t = cfg.tune
+    if t.max_steps > 0:
+        return t.max_steps, "time budget" if t.time_budget_minutes else "max_steps"
+    per_epoch = math.ceil(n_train / (t.batch_size * t.grad_accum)) if n_train else 0
+    if per_epoch and math.ceil(t.epochs * per_epoch) < t.min_steps:
+        return t.min_steps, f"min_steps (small data: {t.min_steps / per_epoch:.1f} epochs of {per_epoch} steps)"
+    return -1, "epochs"
 
 
 def make_trainer(cfg: Config, prepared: Prepared, model, args: TrainingArguments, callbacks: list | None = None,
@@ -154,8 +170,8 @@ def fit(cfg: Config, train_rows: list[dict], val_rows: list[dict], output_dir: P
 # ---------------------------------------------------------------- pieces
 
 def training_args(cfg: Config, output_dir: Path, has_validation: bool, resuming: bool = False,
-                  packed: bool = False, progress: bool = True) -> TrainingArguments:
-    """TrainingArguments from the tune section (every knob from params)."""
+                  packed: bool = False, progress: bool = True, max_steps: int | None = None) -> TrainingArguments:
+    """TrainingArguments from the tune section (every knob from params); max_steps: planned_steps' count."""
     t = cfg.tune
     mixed = precision.training_precision(cfg)
     processes = check_processes(cfg)
@@ -172,7 +188,7 @@ def training_args(cfg: Config, output_dir: Path, has_validation: bool, resuming:
         # search on for PEFT models (not a PreTrainedModel), costing a graph walk per step.
         ddp_find_unused_parameters=False,
         gradient_accumulation_steps=t.grad_accum,
-        num_train_epochs=t.epochs, max_steps=t.max_steps,
+        num_train_epochs=t.epochs, max_steps=t.max_steps if max_steps is None else max_steps,
         learning_rate=t.learning_rate, weight_decay=t.weight_decay,
         warmup_steps=t.warmup_ratio,  # below 1: a share of the steps
         lr_scheduler_type=SCHEDULERS[t.scheduler],

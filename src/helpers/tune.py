@@ -69,7 +69,8 @@ def finish(run: Run, cfg: Config, fitted: training.Fitted) -> dict[str, Any]:
     history = fitted.trainer.state.log_history
     trainer = fitted.trainer  # its datasets hold one example per row: no second read of the splits
     metrics = {"method": cfg.tune.method, "train_file": run.train_file.name, "train_rows": len(trainer.train_dataset),
-               "validation_rows": len(trainer.eval_dataset or []), **training.summarize(fitted)}
+               "validation_rows": len(trainer.eval_dataset or []), **training.summarize(fitted),
+               **step_time(run, cfg, fitted, len(trainer.train_dataset))}
     training.save_model(fitted, model_dir / "adapter" if cfg.tune.method in adapters.PEFT_METHODS else None,
                         model_dir / "final", cfg)
     runs.write_json(model_dir / "log_history.json", history)
@@ -83,6 +84,25 @@ def finish(run: Run, cfg: Config, fitted: training.Fitted) -> dict[str, Any]:
         artifacts.table(run, STAGE, "samples", pd.DataFrame(data.read_jsonl(samples)),
                         "Answers to fixed validation prompts during tuning (step 0 = the base model).")
     return runs.record_metrics(run, STAGE, metrics)
+
+
+def step_time(run: Run, cfg: Config, fitted: training.Fitted, n_train: int) -> dict[str, Any]:
+    """How the steps were set (epochs, min_steps, max_steps, a time budget), the epochs they made, and
+    this run's measured seconds per optimizer step beside stage 01's estimate from its timed steps."""
+    state, t = fitted.trainer.state, cfg.tune
+    done = state.global_step - fitted.resumed_from
+    examples = state.global_step * t.batch_size * t.grad_accum
+    out: dict[str, Any] = {"steps_rule": training.planned_steps(cfg, n_train)[1],
+                           "epochs_trained": round(examples / max(n_train, 1), 2)}
+    if t.time_budget_minutes:
+        out["time_budget_minutes"] = t.time_budget_minutes
+    if done > 0 and fitted.step_seconds:
+        out["seconds_per_step"] = round(fitted.step_seconds / done, 4)
+        estimate = runs.read_json(run.metrics_file, {}).get("explore", {}).get("training_time", {})
+        if estimate.get("est_seconds_per_step"):
+            out["est_seconds_per_step_01"] = estimate["est_seconds_per_step"]
+            out["step_time_vs_01_estimate"] = round(out["seconds_per_step"] / estimate["est_seconds_per_step"], 3)
+    return out
 
 
 def loss_figure(history: list[dict], best_step: int | None, planned_steps: int):

@@ -18,7 +18,6 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .sections import TuneParams
 
 # A validation loss at least this much (relative) below the one before counts as still falling:
 # evaluation losses of the same model differ by less than 0.1% between reruns.
@@ -42,9 +41,8 @@ class Verdict:
 
 
 def _steps_keys() -> list[str]:
-    """The params keys that set how long training runs (the time budget where this version has it)."""
-    keys = ["tune.time_budget_minutes"] if "time_budget_minutes" in TuneParams.model_fields else []
-    return keys + ["tune.epochs", "tune.max_steps"]
+    """The params keys that set how long training runs."""
+    return ["tune.time_budget_minutes", "tune.epochs", "tune.max_steps"]
 
 
 def _finite(x: Any) -> bool:

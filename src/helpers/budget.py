@@ -1,0 +1,117 @@
+"""Engine: the training clock. How long one optimizer step of this very training path takes on
+this machine (timed, not guessed), and how many steps a time budget buys.
+
+    timing = measure(cfg, train_rows, val_rows)       seconds per step and per validation row
+    plan   = plan_budget(cfg, timing, n_train, n_val)  tune.time_budget_minutes -> steps, evaluations
+
+Stage 01 calls both (before any cleaning, on the loaded rows) and writes the plan's steps into
+the run's config.yaml, so stage 04, a resumed run and a reused one train the steps planned here.
+The small-data floor (tune.min_steps) needs no clock: `training.planned_steps` applies it.
+"""
+from __future__ import annotations
+
+import gc
+import math
+import os
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from . import adapters, tasks, training
+from .config import Config, ConfigError, apply_overrides
+
+# Optimizer steps timed after the first one (its one-time setup is not a step's cost): the median
+# of three shrugs off one slow step on a busy machine and costs a few seconds.
+TIMED_STEPS = 3
+
+
+class StepClock(TrainerCallback):
+    """Wall seconds of every optimizer step (the forward, backward and optimizer update)."""
+
+    def __init__(self):
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def measure(cfg: Config, train_rows: list[dict], val_rows: list[dict], steps: int = TIMED_STEPS) -> dict[str, Any]:
+    """Time `steps` real optimizer steps (after one untimed) of the run's own training path: the same
+    model, adapters, precision, packing and batch size as stage 04, on batches drawn from train_rows;
+    then one validation batch drawn from val_rows. Rows must fit model.max_length."""
+    if not train_rows:
+        raise ConfigError("the step timing needs at least one row that fits model.max_length")
+    rng = random.Random(cfg.experiment.seed)
+    per_step = cfg.tune.batch_size * cfg.tune.grad_accum
+    sample = [rng.choice(train_rows) for _ in range(per_step * (steps + 1))]  # with replacement: tiny data too
+    checks = (val_rows or train_rows)
+    checks = rng.sample(checks, min(len(checks), 2 * cfg.tune.batch_size))  # one evaluation batch
+    timing_cfg = apply_overrides(cfg, {"tune.max_steps": steps + 1, "tune.warmup_ratio": 0.0,
+                                       "tune.eval_steps": 10**6, "tune.save_steps": 10**6,
+                                       "tune.logging_steps": 10**6, "tune.early_stopping_patience": None})
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tunebook-timing-") as out:
+        prepared = training.prepare(timing_cfg, sample, [], Path(out), resume=False)
+        model = adapters.build_model(timing_cfg, prepared.labels)
+        clock = StepClock()
+        trainer = training.make_trainer(timing_cfg, prepared, model,
+                                        training.arguments(timing_cfg, prepared, model, progress=False), [clock])
+        trainer.train()
+        task = tasks.for_config(cfg)
+        val = task.encode(prepared.tokenizer, checks, prepared.labels, cfg.model.max_length, "validation")
+        start = time.perf_counter()  # the training steps warmed the model up
+        trainer.evaluate(eval_dataset=val)
+        val_seconds = time.perf_counter() - start
+        tokens = trainer.tokens_seen
+        del trainer, model
+        gc.collect()
+    timed = clock.seconds[1:] or clock.seconds
+    return {"seconds_per_step": round(statistics.median(timed), 4), "steps_timed": len(timed),
+            "step_seconds_each": [round(s, 3) for s in clock.seconds],
+            "tokens_per_step": round(tokens / max(len(clock.seconds), 1)),
+            "seconds_per_validation_row": round(val_seconds / len(val), 5),
+            "timing_seconds": round(time.perf_counter() - started, 1),
+            "device": "cuda" if torch.cuda.is_available() else "cpu", "cpu_threads": torch.get_num_threads(),
+            "load_average_1min": round(os.getloadavg()[0], 2)}
+
+
+def plan_budget(cfg: Config, timing: dict[str, Any], n_train: int, n_val: int) -> dict[str, Any]:
+    """The optimizer steps that fit tune.time_budget_minutes: each step at the measured rate, plus a
+    validation pass at step 0 and every eval_steps. When fewer than two evaluations would fall in
+    the budget, evaluations come every quarter of the run instead (early stopping and the best
+    checkpoint need them), and checkpoints with them."""
+    t = cfg.tune
+    budget = t.time_budget_minutes * 60
+    step, val = timing["seconds_per_step"], timing["seconds_per_validation_row"] * n_val
+    every, save = t.eval_steps, t.save_steps
+    steps = math.floor((budget - val) / (step + val / every))
+    if 1 <= steps < 2 * every:  # evaluate every quarter: recompute with the more frequent passes
+        every = max(1, steps // 4)
+        steps = math.floor((budget - val) / (step + val / every))
+        every = save = max(1, min(every, steps // 4))
+    if steps < 1:
+        need = (step + 2 * val) / 60
+        raise ConfigError(f"tune.time_budget_minutes: {t.time_budget_minutes} min buys no step here (a step takes "
+                          f"{step:.2f} s and a validation pass {val:.1f} s); give at least {math.ceil(need)}, "
+                          f"or set tune.max_steps instead")
+    per_step = t.batch_size * t.grad_accum
+    evaluations = 1 + steps // every if n_val else 0
+    return {"time_budget_minutes": t.time_budget_minutes, "max_steps": steps, "eval_steps": every,
+            "save_steps": save, "epochs": round(steps * per_step / max(n_train, 1), 2),
+            "evaluations": evaluations, "seconds_per_step": step, "validation_pass_seconds": round(val, 1),
+            "planned_minutes": round((steps * step + evaluations * val) / 60, 2)}
+
+
+def plan_overrides(plan: dict[str, Any]) -> dict[str, int]:
+    """The config keys a plan sets (written into the run's config.yaml by stage 01)."""
+    return {f"tune.{k}": plan[k] for k in ("max_steps", "eval_steps", "save_steps")}

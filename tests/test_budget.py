@@ -1,0 +1,63 @@
+"""The training clock: timed steps of the real path, a time budget as steps, the small-data floor."""
+import pytest
+import yaml
+
+from helpers import budget, data, explore, models, paths, runs, training
+from helpers.config import ConfigError, load_config
+
+SMOKE = paths.PARAMS / "smoke.yaml"
+SMOKE_SENTIMENT = paths.PARAMS / "smoke-sentiment.yaml"
+TIMING = {"seconds_per_step": 0.5, "seconds_per_validation_row": 0.01}
+
+
+def test_a_budget_buys_the_steps_that_fit_with_their_validations():
+    cfg = load_config(SMOKE_SENTIMENT, {"tune.max_steps": -1, "tune.time_budget_minutes": 2,
+                                        "tune.eval_steps": 50, "tune.save_steps": 100})
+    plan = budget.plan_budget(cfg, TIMING, n_train=1000, n_val=100)  # a validation pass: 1 s
+    # 120 s = steps * 0.5 + (1 + steps / 50) * 1  ->  steps = floor(119 / 0.52) = 228
+    assert plan["max_steps"] == 228 and plan["eval_steps"] == 50 and plan["save_steps"] == 100
+    assert plan["evaluations"] == 1 + 228 // 50
+    assert plan["planned_minutes"] <= 2 and plan["epochs"] == round(228 * 16 / 1000, 2)
+    assert budget.plan_overrides(plan) == {"tune.max_steps": 228, "tune.eval_steps": 50, "tune.save_steps": 100}
+
+
+def test_a_short_budget_evaluates_every_quarter_and_a_hopeless_one_says_how_much_is_needed():
+    cfg = load_config(SMOKE_SENTIMENT, {"tune.max_steps": -1, "tune.time_budget_minutes": 0.5,
+                                        "tune.eval_steps": 100, "tune.save_steps": 100})
+    plan = budget.plan_budget(cfg, TIMING, n_train=1000, n_val=100)
+    assert plan["max_steps"] < 200 and plan["eval_steps"] == plan["save_steps"] == plan["max_steps"] // 4
+    assert plan["planned_minutes"] <= 0.5
+    tiny = load_config(SMOKE_SENTIMENT, {"tune.time_budget_minutes": 0.01})
+    with pytest.raises(ConfigError, match=r"tune\.time_budget_minutes.*give at least"):
+        budget.plan_budget(tiny, {"seconds_per_step": 0.5, "seconds_per_validation_row": 1.0}, 1000, 100)
+
+
+def test_small_data_gets_min_steps_and_max_steps_or_epochs_win_otherwise():
+    cfg = load_config(SMOKE, {"tune.max_steps": -1, "tune.batch_size": 8, "tune.epochs": 1})
+    steps, rule = training.planned_steps(cfg, 77)  # 10 steps an epoch: one epoch learns nothing
+    assert steps == 100 and rule.startswith("min_steps") and "10.0 epochs" in rule
+    assert training.planned_steps(cfg, 8000) == (-1, "epochs")  # 1000 steps: the epochs stand
+    assert training.planned_steps(load_config(SMOKE), 77) == (6, "max_steps")
+    off = load_config(SMOKE, {"tune.max_steps": -1, "tune.min_steps": 0})
+    assert training.planned_steps(off, 77) == (-1, "epochs")
+
+
+def test_the_timing_runs_the_training_path_and_01_writes_the_budget_into_config_yaml(tmp_path):
+    cfg = load_config(SMOKE_SENTIMENT, {"tune.max_steps": -1, "tune.time_budget_minutes": 1})
+    run = runs.create_run(cfg, reports=tmp_path / "reports")
+    rows = data.load(cfg).rows
+    lengths = explore.token_lengths(rows, models.load_tokenizer(cfg), "classification")
+    epoch = explore.epoch_tokens(lengths, cfg)
+    planned, out = explore.time_training(run, cfg, rows, lengths, epoch)
+    timing = out["timing"]
+    assert len(timing["step_seconds_each"]) == budget.TIMED_STEPS + 1 and timing["steps_timed"] == budget.TIMED_STEPS
+    assert timing["seconds_per_step"] > 0 and timing["seconds_per_validation_row"] > 0
+    assert timing["tokens_per_step"] > 0  # real batches of the data went through
+    plan = out["budget"]
+    assert planned.tune.max_steps == plan["max_steps"] > 0
+    written = yaml.safe_load(run.config_file.read_text())
+    assert written["tune"]["max_steps"] == plan["max_steps"]  # 04 reads the planned steps
+    assert training.planned_steps(planned, 240) == (plan["max_steps"], "time budget")
+    # No budget and no timing asked for: nothing is measured, the config is unchanged.
+    quiet = load_config(SMOKE_SENTIMENT, {"explore.measure_speed": False})
+    assert explore.time_training(run, quiet, rows, lengths, epoch) == (quiet, None)
