@@ -27,6 +27,12 @@ def test_a_short_budget_evaluates_every_quarter_and_a_hopeless_one_says_how_much
     plan = budget.plan_budget(cfg, TIMING, n_train=1000, n_val=100)
     assert plan["max_steps"] < 200 and plan["eval_steps"] == plan["save_steps"] == plan["max_steps"] // 4
     assert plan["planned_minutes"] <= 0.5
+    # A validation pass of 60 s in a 10-minute budget: the usual cadence (every 50 steps) would validate
+    # 12 times, 12 of the 10 minutes; at most a quarter goes to validation: step 0 and one more.
+    slow = load_config(SMOKE_SENTIMENT, {"tune.max_steps": -1, "tune.time_budget_minutes": 10,
+                                         "tune.eval_steps": 50, "tune.save_steps": 50})
+    plan = budget.plan_budget(slow, {"seconds_per_step": 0.5, "seconds_per_validation_row": 0.6}, 1000, 100)
+    assert plan["evaluations"] == 2 and plan["max_steps"] == (600 - 2 * 60) / 0.5 == plan["eval_steps"]
     tiny = load_config(SMOKE_SENTIMENT, {"tune.time_budget_minutes": 0.01})
     with pytest.raises(ConfigError, match=r"tune\.time_budget_minutes.*give at least"):
         budget.plan_budget(tiny, {"seconds_per_step": 0.5, "seconds_per_validation_row": 1.0}, 1000, 100)

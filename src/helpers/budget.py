@@ -85,20 +85,31 @@ def measure(cfg: Config, train_rows: list[dict], val_rows: list[dict], steps: in
             "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
+# At most this share of a budget goes to validation passes: on a slow machine with a big validation
+# split one pass can take minutes, and evaluating at the usual cadence would leave little to train.
+EVAL_SHARE = 0.25
+
+
 def plan_budget(cfg: Config, timing: dict[str, Any], n_train: int, n_val: int) -> dict[str, Any]:
     """The optimizer steps that fit tune.time_budget_minutes: each step at the measured rate, plus a
-    validation pass at step 0 and every eval_steps. When fewer than two evaluations would fall in
-    the budget, evaluations come every quarter of the run instead (early stopping and the best
-    checkpoint need them), and checkpoints with them."""
+    validation pass at step 0 and every eval_steps. When that cadence gives fewer than two evaluations
+    (early stopping and the best checkpoint need them), there are four instead; when it would spend
+    more than EVAL_SHARE of the budget validating, fewer. Checkpoints then come with the evaluations."""
     t = cfg.tune
     budget = t.time_budget_minutes * 60
     step, val = timing["seconds_per_step"], timing["seconds_per_validation_row"] * n_val
+
+    def steps_with(evals: int) -> int:  # steps that fit beside a step-0 pass and `evals` more
+        return math.floor((budget - (1 + evals) * val) / step)
+
     every, save = t.eval_steps, t.save_steps
     steps = math.floor((budget - val) / (step + val / every))
-    if 1 <= steps < 2 * every:  # evaluate every quarter: recompute with the more frequent passes
-        every = max(1, steps // 4)
-        steps = math.floor((budget - val) / (step + val / every))
-        every = save = max(1, min(every, steps // 4))
+    affordable = max(1, math.floor(EVAL_SHARE * budget / val) - 1) if val else 4
+    evals = steps // every
+    if steps >= 1 and (evals < 2 or evals > affordable):
+        evals = min(4, affordable) if evals < 2 else affordable
+        steps = steps_with(evals)
+        every = save = max(1, steps // evals)
     if steps < 1:
         need = (step + 2 * val) / 60
         raise ConfigError(f"tune.time_budget_minutes: {t.time_budget_minutes} min buys no step here (a step takes "

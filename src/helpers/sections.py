@@ -176,7 +176,7 @@ class TuneParams(Section):
     max_steps: int = -1  # > 0 overrides epochs and the time budget
     # Train for this many minutes instead of epochs: stage 01 times a few real optimizer steps and a
     # validation pass (helpers.budget) and writes the steps that fit into the run's config.yaml as
-    # tune.max_steps (with eval_steps / save_steps when the budget allows fewer than two evaluations).
+    # tune.max_steps (with eval_steps / save_steps when it changes the cadence: helpers.budget.plan_budget).
     # None = steps from epochs. The figures then depend on the machine's speed, as the budget does.
     time_budget_minutes: float | None = Field(None, gt=0)
     # Small data: when epochs give fewer optimizer steps than this, train this many (several epochs;
