@@ -54,8 +54,7 @@ def measure(cfg: Config, train_rows: list[dict], val_rows: list[dict], steps: in
     rng = random.Random(cfg.experiment.seed)
     per_step = cfg.tune.batch_size * cfg.tune.grad_accum
     sample = [rng.choice(train_rows) for _ in range(per_step * (steps + 1))]  # with replacement: tiny data too
-    checks = (val_rows or train_rows)
-    checks = rng.sample(checks, min(len(checks), 2 * cfg.tune.batch_size))  # one evaluation batch
+    checks = rng.sample(val_rows or train_rows, min(len(val_rows or train_rows), 2 * cfg.tune.batch_size))
     timing_cfg = apply_overrides(cfg, {"tune.max_steps": steps + 1, "tune.warmup_ratio": 0.0,
                                        "tune.eval_steps": 10**6, "tune.save_steps": 10**6,
                                        "tune.logging_steps": 10**6, "tune.early_stopping_patience": None})
@@ -68,7 +67,9 @@ def measure(cfg: Config, train_rows: list[dict], val_rows: list[dict], steps: in
                                         training.arguments(timing_cfg, prepared, model, progress=False), [clock])
         trainer.train()
         task = tasks.for_config(cfg)
-        val = task.encode(prepared.tokenizer, checks, prepared.labels, cfg.model.max_length, "validation")
+        known = [r for r in checks if prepared.labels is None or r["label"] in prepared.labels]
+        val = task.encode(prepared.tokenizer, known or sample[:1], prepared.labels, cfg.model.max_length,
+                          "validation")  # one evaluation batch (the sample may lack a rare label: left out)
         start = time.perf_counter()  # the training steps warmed the model up
         trainer.evaluate(eval_dataset=val)
         val_seconds = time.perf_counter() - start
