@@ -28,21 +28,18 @@ def reports(tmp_path, monkeypatch) -> Path:
     return folder
 
 
-# ---- tuned smoke models, made once per test session (chat, serving, chat page, export, predict) ----
-
-SMOKE_TUNE = ["tune.max_steps=2", "tune.eval_steps=2", "tune.save_steps=2"]  # a real but tiny tuning run
-
+# ---- the smoke runs, made once per test session: the end-to-end tests check them, and the tests
+# of what comes after tuning (chat, serving, chat page, export, predict) use their tuned models ----
 
 def _smoke_run(params: str, tmp_path_factory) -> Path:
-    """Stages 01-04 of a smoke profile in a private reports folder: a real tuned model to use."""
+    """All six stages of a smoke profile, as `make pipeline EXP=...` runs them, in a private reports folder."""
     from helpers import paths, pipeline
 
     reports = tmp_path_factory.mktemp("smoke-reports")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TUNEBOOK_REPORTS", str(reports))  # the kernels read it
         mp.setattr(paths, "REPORTS", reports)
-        args = ["--params", params, "--stages", "01,02,03,04"]
-        assert pipeline.main(args + [a for s in SMOKE_TUNE for a in ("--set", s)]) == 0
+        assert pipeline.main(["--params", params]) == 0
     (folder,) = [p for p in reports.iterdir() if p.is_dir()]
     assert (folder / "model" / "final" / "config.json").is_file()
     return folder
@@ -50,7 +47,7 @@ def _smoke_run(params: str, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_chat_run(tmp_path_factory) -> Path:
-    """A smoke chat run through 04-tune-model, made once per test session.
+    """The smoke chat run (params/smoke.yaml, all six stages), made once per test session.
     TUNEBOOK_TEST_CHAT_RUN=reports/<run> reuses a finished chat run instead (quicker while developing)."""
     if os.environ.get("TUNEBOOK_TEST_CHAT_RUN"):
         return Path(os.environ["TUNEBOOK_TEST_CHAT_RUN"])
@@ -59,7 +56,7 @@ def smoke_chat_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_classifier_run(tmp_path_factory) -> Path:
-    """A smoke classification run through 04-tune-model, made once per test session."""
+    """The smoke classification run (params/smoke-sentiment.yaml, all six stages), made once per test session."""
     return _smoke_run("params/smoke-sentiment.yaml", tmp_path_factory)
 
 

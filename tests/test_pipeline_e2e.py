@@ -13,14 +13,6 @@ from helpers import paths, pipeline, stagerun
 pytestmark = pytest.mark.slow
 
 
-def run_pipeline(params, reports, monkeypatch, *extra):
-    """Run the pipeline CLI into a private reports folder; return the one run folder."""
-    monkeypatch.setenv("TUNEBOOK_REPORTS", str(reports))  # the kernels read it too
-    assert pipeline.main(["--params", params, *extra]) == 0
-    (folder,) = [p for p in reports.iterdir() if p.is_dir()]
-    return folder
-
-
 def artifact(folder, name, kind):
     entries = json.loads((folder / "artifacts.json").read_text())
     return next(e for e in entries if e["name"] == name and e["kind"] == kind)
@@ -48,8 +40,8 @@ def assert_only_task(folder, task):
     assert seen_other, f"no notebook has {other}-only cells: the check above checked nothing"
 
 
-def test_chat_smoke_end_to_end(reports, monkeypatch):
-    folder = run_pipeline("params/smoke.yaml", reports, monkeypatch)
+def test_chat_smoke_end_to_end(smoke_chat_run):
+    folder, reports = smoke_chat_run, smoke_chat_run.parent  # `make pipeline EXP=params/smoke.yaml`, once a session
     stages = json.loads((folder / "manifest.json").read_text())["stages"]
     assert [s for s in pipeline.NOTEBOOKS if stages[s]["status"] == "ok"] == pipeline.NOTEBOOKS
     for name in pipeline.NOTEBOOKS:  # the executed notebooks and their HTML are the record
@@ -74,8 +66,8 @@ def test_chat_smoke_end_to_end(reports, monkeypatch):
     assert any("image/png" in o.get("data", {}) for c in evaluated.cells for o in c.get("outputs", []))
 
 
-def test_classification_smoke_end_to_end(reports, monkeypatch):
-    folder = run_pipeline("params/smoke-sentiment.yaml", reports, monkeypatch)
+def test_classification_smoke_end_to_end(smoke_classifier_run):
+    folder = smoke_classifier_run  # `make pipeline EXP=params/smoke-sentiment.yaml`, once a session
     metrics = json.loads((folder / "metrics.json").read_text())
     # smoke-sentiment: a 300-tweet seeded subsample split 80/10/10, stratified.
     test_rows = (folder / "data" / "test.jsonl").read_text().splitlines()

@@ -21,8 +21,8 @@ from helpers.config import flatten
 pytestmark = pytest.mark.slow
 
 # The smoke profile made smaller still: the test is about files and stages, not about the model.
-SETS = ["tune.max_steps=2", "tune.eval_steps=2", "tune.save_steps=2", "tune.sample_prompts=0", "explore.measure_speed=false",
-        "evaluate.generate_examples=1", "evaluate.robustness_ops=[]"]
+SETS = ["tune.max_steps=2", "tune.batch_size=2", "tune.eval_steps=2", "tune.save_steps=2", "tune.sample_prompts=0",
+        "explore.measure_speed=false", "evaluate.generate_examples=1", "evaluate.robustness_ops=[]"]
 DATA_FILES = ["loaded.jsonl", "problems.jsonl", "train.jsonl", "validation.jsonl", "test.jsonl", "rejects.jsonl",
               "train.augmented.jsonl"]  # generations.jsonl holds timings
 

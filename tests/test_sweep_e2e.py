@@ -19,7 +19,8 @@ def test_smoke_sweep_reuses_stages_and_pairs_the_runs(reports, monkeypatch):
     # The sweep, made cheaper where it does not matter here: fewer steps, no speed probe,
     # no robustness pass, one generated answer.
     code = pipeline.main(["--params", "params/smoke.yaml", "--grid", "augment.enabled=true,false",
-                          "--set", "tune.max_steps=3", "--set", "explore.measure_speed=false",
+                          "--set", "tune.max_steps=3", "--set", "tune.batch_size=2",
+                          "--set", "explore.measure_speed=false",
                           "--set", "evaluate.robustness_ops=[]", "--set", "evaluate.generate_examples=1"])
     assert code == 0
     (folder,) = [p for p in reports.iterdir() if p.name.startswith("sweep-")]

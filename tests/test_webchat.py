@@ -1,5 +1,4 @@
 """The browser chat page (Gradio ChatInterface) in headless Chromium, driven by Selenium."""
-import os
 import shutil
 import subprocess
 import sys
