@@ -105,20 +105,16 @@ def test_export_writes_gguf_modelfile_and_a_passing_check(exported):
 
 @pytest.mark.slow
 def test_export_check_fails_on_a_broken_template_and_names_the_prompt(exported, capsys):
+    """Two classic silent export bugs at once (one check: each check loads the GGUF back, minutes on a CPU):
+    Ollama's TEMPLATE loses the newline after the role, and the exported tokenizer's chat template no longer
+    matches the GGUF's. The check fails and names the prompt and each difference."""
     run, _ = exported
     out = run.dir / "export"
-    modelfile = (out / "Modelfile").read_text()
-    try:  # Ollama's template loses the newline after the role: the classic silent export bug
-        (out / "Modelfile").write_text(modelfile.replace("{{ .Role }}\n", "{{ .Role }}"))
-        assert export.main(["--run", str(run.dir), "--check-only", "--prompts", "1", "--max-new-tokens", "8"]) == 1
-        err = capsys.readouterr().err
-        assert re.search(r"prompt 1 \(\S+:\d+\): the Modelfile's TEMPLATE .* differ at character \d+", err)
-    finally:
-        (out / "Modelfile").write_text(modelfile)
-    # The exported tokenizer's chat template broken: it no longer matches the GGUF's.
-    files = [p for p in (out / "chat_template.jinja", out / "tokenizer_config.json") if p.is_file()]
+    files = [p for p in (out / "Modelfile", out / "chat_template.jinja", out / "tokenizer_config.json") if p.is_file()]
     saved = {p: p.read_text() for p in files}
-    try:  # the template only (tokenizer_config.json also defines the special tokens themselves)
+    try:
+        (out / "Modelfile").write_text(saved[out / "Modelfile"].replace("{{ .Role }}\n", "{{ .Role }}"))
+        # the template only (tokenizer_config.json also defines the special tokens themselves)
         if (out / "chat_template.jinja").is_file():
             (out / "chat_template.jinja").write_text(saved[out / "chat_template.jinja"].replace("<|im_start|>", "<|im_start|> "))
         conf = json.loads(saved[out / "tokenizer_config.json"])
@@ -127,7 +123,8 @@ def test_export_check_fails_on_a_broken_template_and_names_the_prompt(exported, 
             (out / "tokenizer_config.json").write_text(json.dumps(conf))
         assert export.main(["--run", str(run.dir), "--check-only", "--prompts", "1", "--max-new-tokens", "8"]) == 1
         err = capsys.readouterr().err
-        assert "prompt 1 (" in err and "the GGUF's chat template and the merged model's differ" in err
+        assert re.search(r"prompt 1 \(\S+:\d+\): the Modelfile's TEMPLATE .* differ at character \d+", err)
+        assert "the GGUF's chat template and the merged model's differ" in err
         assert json.loads((out / "check.json").read_text())["passed"] is False
     finally:
         for p, text in saved.items():
