@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -102,6 +103,9 @@ def step_time(run: Run, cfg: Config, fitted: training.Fitted, n_train: int) -> d
         if estimate.get("est_seconds_per_step"):
             out["est_seconds_per_step_01"] = estimate["est_seconds_per_step"]
             out["step_time_vs_01_estimate"] = round(out["seconds_per_step"] / estimate["est_seconds_per_step"], 3)
+            # Other work on the machine moves both figures: the load when 01 timed and as 04 ends.
+            out["load_average_1min"] = {"01": estimate.get("timing", {}).get("load_average_1min"),
+                                        "04": round(os.getloadavg()[0], 2)}
     return out
 
 
