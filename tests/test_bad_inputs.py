@@ -92,6 +92,11 @@ CASES = [
     Case("one-pasted-line-jsonl", "c.jsonl", (chat_line("Caf\u00e9?", "Oui.") + "\n").encode() +
          (chat_line("Na\u00efve?", "No.") + "\n").encode("cp1252") + CHATS.encode(), 5, ASIDE,
          r"line 2|not UTF-8 \(byte 0xef", aside=1, rule="encoding", task="chat"),
+    # A legacy file in which one line is valid UTF-8 by chance ("naÃ¯ve" in cp1252 bytes): most lines decide.
+    Case("cp1252-with-a-utf8-looking-line", "t.csv",
+         csv_text([("na\u00c3\u00afve idea", "a"), ("caf\u00e9 closed", "b"), ("\u201cgreat\u201d", "a")]).encode("cp1252"),
+         3, LOADED, check=lambda out: texts(out) == ["na\u00c3\u00afve idea", "caf\u00e9 closed", "\u201cgreat\u201d"]
+         and "Windows-1252" in out.notes[0]),
     Case("neither-utf8-nor-cp1252", "t.csv", b"text,label\nbad \x81 byte,a\nok,b\n", 2, STOPPED,
          r"not UTF-8 .*not Windows-1252 either .*iconv -f ENCODING"),
     # ---- CSV structure

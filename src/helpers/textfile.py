@@ -62,8 +62,12 @@ def _decode_whole(path: Path, raw: bytes, codec: str, what: str) -> TextFile:
 
 
 def _utf8_or_cp1252(path: Path, raw: bytes) -> TextFile:
-    """UTF-8 if every line is; Windows-1252 if no line is (but some are not ASCII); else UTF-8 with the odd
-    lines set aside, since a mostly-UTF-8 file with a few pasted-in lines must not be decoded wholesale."""
+    """UTF-8 if every line is; Windows-1252 if most of the non-ASCII lines are not UTF-8; else UTF-8 with the
+    odd lines set aside, since a mostly-UTF-8 file with a few pasted-in lines must not be decoded wholesale.
+
+    Most, not all: in a legacy file a few lines are valid UTF-8 by chance (cp1252's "Ã¯" is UTF-8's "ï");
+    a tweet corpus of 23,520 lines had 4,101 non-UTF-8 lines and 18 such, and setting aside the 4,101
+    would have dropped 17% of the user's rows."""
     lines = raw.split(b"\n")
     bad: dict[int, UnicodeDecodeError] = {}
     good_non_ascii = 0
@@ -79,7 +83,7 @@ def _utf8_or_cp1252(path: Path, raw: bytes) -> TextFile:
         return TextFile(raw.decode("utf-8"), "utf-8")
     first, err = next(iter(bad.items()))
     sign = f"byte {err.object[err.start]:#x} at line {first}, column {err.start + 1}"
-    if not good_non_ascii:
+    if len(bad) > good_non_ascii:
         try:
             text = raw.decode("cp1252")
         except UnicodeDecodeError as e:
