@@ -172,7 +172,10 @@ def time_training(run: runs.Run, cfg: Config, rows: list[dict], lengths: pd.Data
         return cfg, None
     from . import budget  # the training engine (torch, peft): loaded only when 01 times it
 
-    fits = [rows[i] for i in lengths.index[lengths["tokens"] <= cfg.model.max_length]]
+    # A chat over max_length is windowed by 02 (and cut here): time the ones that fit. A text over it
+    # is cut by the classifier in training too, so every text is timed as it will train.
+    fits = rows if cfg.experiment.task == "classification" else \
+        [rows[i] for i in lengths.index[lengths["tokens"] <= cfg.model.max_length]]
     timing = budget.measure(cfg, fits, fits)
     steps, val_rows = epoch["steps_per_epoch"], epoch["validation_rows_estimate"]
     validation = timing["seconds_per_validation_row"] * val_rows
