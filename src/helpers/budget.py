@@ -26,43 +26,50 @@ from transformers import TrainerCallback
 from . import adapters, tasks, training
 from .config import Config, ConfigError, apply_overrides
 
-# Optimizer steps timed after the first one (its one-time setup is not a step's cost): the median
-# of three shrugs off one slow step on a busy machine and costs a few seconds.
-TIMED_STEPS = 3
+# Optimizer steps timed after the first one (its one-time setup is not a step's cost): at least
+# TIMED_STEPS, and more up to MAX_TIMED_STEPS while they add up to less than TIMED_SECONDS. On a busy
+# machine one step of the smoke classifier took 1.4 to 2.4 s: the median of 3 fast steps is noise,
+# while 3 steps of a big chat batch (20-50 s each here) are already a minute or more.
+TIMED_STEPS, MAX_TIMED_STEPS, TIMED_SECONDS = 3, 10, 15.0
 
 
 class StepClock(TrainerCallback):
-    """Wall seconds of every optimizer step (the forward, backward and optimizer update)."""
+    """Wall seconds of every optimizer step (the forward, backward and optimizer update); stops the
+    training once the timed steps (all but the first) are enough."""
 
-    def __init__(self):
+    def __init__(self, steps: int = TIMED_STEPS, seconds: float = TIMED_SECONDS):
         self.seconds: list[float] = []
-        self._start = 0.0
+        self._start, self.steps, self.enough = 0.0, steps, seconds
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         self.seconds.append(time.perf_counter() - self._start)
+        timed = self.seconds[1:]
+        if len(timed) >= self.steps and sum(timed) >= self.enough:
+            control.should_training_stop = True
 
 
-def measure(cfg: Config, train_rows: list[dict], val_rows: list[dict], steps: int = TIMED_STEPS) -> dict[str, Any]:
-    """Time `steps` real optimizer steps (after one untimed) of the run's own training path: the same
+def measure(cfg: Config, train_rows: list[dict], val_rows: list[dict], steps: int = TIMED_STEPS,
+            most: int = MAX_TIMED_STEPS) -> dict[str, Any]:
+    """Time `steps` to `most` real optimizer steps (after one untimed) of the run's own training path: the same
     model, adapters, precision, packing and batch size as stage 04, on batches drawn from train_rows;
     then one validation batch drawn from val_rows. Rows must fit model.max_length."""
     if not train_rows:
         raise ConfigError("the step timing needs at least one row that fits model.max_length")
     rng = random.Random(cfg.experiment.seed)
     per_step = cfg.tune.batch_size * cfg.tune.grad_accum
-    sample = [rng.choice(train_rows) for _ in range(per_step * (steps + 1))]  # with replacement: tiny data too
+    sample = [rng.choice(train_rows) for _ in range(per_step * (most + 1))]  # with replacement: tiny data too
     checks = rng.sample(val_rows or train_rows, min(len(val_rows or train_rows), 2 * cfg.tune.batch_size))
-    timing_cfg = apply_overrides(cfg, {"tune.max_steps": steps + 1, "tune.warmup_ratio": 0.0,
+    timing_cfg = apply_overrides(cfg, {"tune.max_steps": most + 1, "tune.warmup_ratio": 0.0,
                                        "tune.eval_steps": 10**6, "tune.save_steps": 10**6,
                                        "tune.logging_steps": 10**6, "tune.early_stopping_patience": None})
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tunebook-timing-") as out:
         prepared = training.prepare(timing_cfg, sample, [], Path(out), resume=False)
         model = adapters.build_model(timing_cfg, prepared.labels)
-        clock = StepClock()
+        clock = StepClock(min(steps, most))
         trainer = training.make_trainer(timing_cfg, prepared, model,
                                         training.arguments(timing_cfg, prepared, model, progress=False), [clock])
         trainer.train()
