@@ -76,8 +76,9 @@ class ExploreParams(Section):
     topic_words: int = Field(8, ge=1)  # top words listed per topic: enough to name the topic
     # Tukey's fences: a row longer than Q3 + k * IQR tokens is an outlier; 1.5 is the usual k.
     outlier_iqr_k: float = Field(1.5, gt=0)
-    # Time a few forward passes on one small batch (seconds) to estimate an epoch's wall
-    # time on this machine; off for tests or when no model can be loaded.
+    # Time a few real optimizer steps of stage 04's path and a validation batch (helpers.budget) to
+    # estimate a step's, an epoch's and a validation pass's wall time on this machine; off for tests
+    # and tiny runs. A tune.time_budget_minutes times them either way (the budget needs the rate).
     measure_speed: bool = True
 
 
