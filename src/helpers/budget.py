@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
 
 from . import adapters, tasks, training
 from .config import Config, ConfigError, apply_overrides
@@ -33,20 +32,17 @@ from .config import Config, ConfigError, apply_overrides
 TIMED_STEPS, MAX_TIMED_STEPS, TIMED_SECONDS = 3, 10, 15.0
 
 
-class StepClock(TrainerCallback):
-    """Wall seconds of every optimizer step (the forward, backward and optimizer update); stops the
-    training once the timed steps (all but the first) are enough."""
+class StepClock(training.StepTimer):
+    """The engine's step timer (every optimizer step's seconds), stopping the training once the timed
+    steps (all but the first) are enough."""
 
     def __init__(self, steps: int = TIMED_STEPS, seconds: float = TIMED_SECONDS):
-        self.seconds: list[float] = []
-        self._start, self.steps, self.enough = 0.0, steps, seconds
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
+        super().__init__()
+        self.steps, self.enough = steps, seconds
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.seconds.append(time.perf_counter() - self._start)
-        timed = self.seconds[1:]
+        super().on_step_end(args, state, control, **kwargs)
+        timed = self.each[1:]
         if len(timed) >= self.steps and sum(timed) >= self.enough:
             control.should_training_stop = True
 
@@ -83,10 +79,10 @@ def measure(cfg: Config, train_rows: list[dict], val_rows: list[dict], steps: in
         tokens = trainer.tokens_seen
         del trainer, model
         gc.collect()
-    timed = clock.seconds[1:] or clock.seconds
+    timed = clock.each[1:] or clock.each
     return {"seconds_per_step": round(statistics.median(timed), 4), "steps_timed": len(timed),
-            "step_seconds_each": [round(s, 3) for s in clock.seconds],
-            "tokens_per_step": round(tokens / max(len(clock.seconds), 1)),
+            "step_seconds_each": [round(s, 3) for s in clock.each],
+            "tokens_per_step": round(tokens / max(len(clock.each), 1)),
             "seconds_per_validation_row": round(val_seconds / len(val), 5),
             "timing_seconds": round(time.perf_counter() - started, 1),
             "device": "cuda" if torch.cuda.is_available() else "cpu", "cpu_threads": torch.get_num_threads(),

@@ -252,16 +252,22 @@ class StepProgress(ProgressCallback):
 
 
 class StepTimer(TrainerCallback):
-    """Seconds spent in optimizer steps only (not in evaluations, samples or saves): the throughput's clock."""
+    """Seconds spent in optimizer steps only (not in evaluations, samples or saves): the throughput's clock.
+    `each` holds every step's seconds (helpers.budget times 01's steps with it), `seconds` their sum."""
 
     def __init__(self):
-        self.seconds, self._start = 0.0, 0.0
+        self.each: list[float] = []
+        self._start = 0.0
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.each)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.seconds += time.perf_counter() - self._start
+        self.each.append(time.perf_counter() - self._start)
 
 
 def save_model(fitted: Fitted, adapter_dir: Path | None, final_dir: Path, cfg: Config | None = None) -> None:
