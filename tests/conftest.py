@@ -8,6 +8,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers (pytest-xdist) on a 2-core machine: one thread each, for the
+    # workers and for every process they start (kernels, pipelines), so the two never fight for cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -26,6 +30,14 @@ def reports(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "reports"
     monkeypatch.setattr(paths, "REPORTS", folder)
     return folder
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`--dist loadgroup`), every test that uses a smoke run goes to one worker,
+    so each smoke run is made once, not once per worker."""
+    for item in items:
+        if {"smoke_chat_run", "smoke_classifier_run"} & set(item.fixturenames):
+            item.add_marker(pytest.mark.xdist_group("smoke-runs"))
 
 
 # ---- the smoke runs, made once per test session: the end-to-end tests check them, and the tests

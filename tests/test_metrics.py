@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import metrics
+from helpers import metric_modules, metrics
 
 
 def scores_of(pred: list[int], n_classes: int = 2) -> np.ndarray:
@@ -58,7 +58,7 @@ def test_roc_auc_perfect_and_absent_class():
 
 
 def test_combine_works_offline_with_mixed_inputs():
-    suite = evaluate.combine([metrics.RougeL(), metrics.Bleu()])
+    suite = evaluate.combine([metric_modules.RougeL(), metric_modules.Bleu()])
     same = ["the cat sat on the mat all day"]  # BLEU needs 4-grams
     res = suite.compute(predictions=same, references=same)
     assert res["rougeL"] == pytest.approx(1.0) and res["bleu"] == pytest.approx(100.0)
@@ -70,31 +70,31 @@ def test_uniform_logits_give_vocab_size_perplexity():
     first, second = metrics.token_nlls(torch.zeros(2, 5, vocab), labels)  # positions 1, 2, 4 and 4 are scored
     assert first.tolist() == pytest.approx([math.log(vocab)] * 3) and second.tolist() == pytest.approx([math.log(vocab)])
     scored = first.double().numpy()
-    assert metrics.Perplexity().compute(nlls=[scored])["perplexity"] == pytest.approx(vocab)
+    assert metric_modules.Perplexity().compute(nlls=[scored])["perplexity"] == pytest.approx(vocab)
 
 
 def test_perplexity_pools_tokens_not_examples():
     # NLLs log 2 (1 token) and log 8, log 8 (2 tokens): mean = 7/3 log 2, so ppl = 2^(7/3),
     # not the mean of the two examples' perplexities (2 and 8).
-    res = metrics.Perplexity().compute(nlls=[[math.log(2)], [math.log(8), math.log(8)]])
+    res = metric_modules.Perplexity().compute(nlls=[[math.log(2)], [math.log(8), math.log(8)]])
     assert res["perplexity"] == pytest.approx(2 ** (7 / 3)) and res["tokens"] == 3
 
 
 def test_bleu_identical_and_disjoint():
-    assert metrics.Bleu().compute(predictions=["the cat sat on the mat"],
+    assert metric_modules.Bleu().compute(predictions=["the cat sat on the mat"],
                                   references=["the cat sat on the mat"])["bleu"] == pytest.approx(100)
-    assert metrics.Bleu().compute(predictions=["dogs bark loudly at night"],
+    assert metric_modules.Bleu().compute(predictions=["dogs bark loudly at night"],
                                   references=["the cat sat on the mat"])["bleu"] == pytest.approx(0)
 
 
 def test_rouge_l_by_hand():
     # LCS of "the cat sat" in "the cat sat on the mat" is 3 words: P = 1, R = 1/2, F1 = 2/3.
-    assert metrics.RougeL().compute(predictions=["the cat sat"],
+    assert metric_modules.RougeL().compute(predictions=["the cat sat"],
                                     references=["the cat sat on the mat"])["rougeL"] == pytest.approx(2 / 3)
 
 
 def test_semantic_similarity_identical_is_one_and_orders_meaning():
-    sim = metrics.SemanticSimilarity()
+    sim = metric_modules.SemanticSimilarity()
     assert sim.compute(predictions=["How do I reset my password?"],
                        references=["How do I reset my password?"])["semantic_similarity"] == pytest.approx(1, abs=1e-5)
     close = metrics.cosine_pairs(metrics.embed(["I forgot my password"]), metrics.embed(["How do I reset my password?"]))

@@ -1,7 +1,9 @@
 """A pipeline killed outright (SIGKILL, as a power cut or an out-of-memory kill) resumes to the same outputs.
 
-One run goes straight through; another is killed during 02, resumed, killed again during 05, and
-resumed to the end. The data files must match byte for byte and the evaluation figures must match.
+The smoke classification run (the session's fixture) goes straight through; another run of the same
+profile is killed during 02, resumed, killed again during 05, and resumed to the end. The data files
+must match byte for byte and the evaluation figures must match. (The classifier profile, because
+the test is about files and stages, not the task: its stages are the quicker ones.)
 A killed stage is left "running" in the manifest, so --resume runs it again; writes go through
 runs.atomic_write, so no half-written file is ever taken as done.
 """
@@ -20,11 +22,9 @@ from helpers.config import flatten
 
 pytestmark = pytest.mark.slow
 
-# The smoke profile made smaller still: the test is about files and stages, not about the model.
-SETS = ["tune.max_steps=2", "tune.batch_size=2", "tune.eval_steps=2", "tune.save_steps=2", "tune.sample_prompts=0",
-        "explore.measure_speed=false", "evaluate.generate_examples=1", "evaluate.robustness_ops=[]"]
+PARAMS = "params/smoke-sentiment.yaml"  # as the smoke_classifier_run fixture runs it
 DATA_FILES = ["loaded.jsonl", "problems.jsonl", "train.jsonl", "validation.jsonl", "test.jsonl", "rejects.jsonl",
-              "train.augmented.jsonl"]  # generations.jsonl holds timings
+              "train.augmented.jsonl", "predictions.jsonl"]
 
 
 STAGES = "--stages=01,02,03,04,05"  # 06 only renders; leaving it out keeps the test shorter
@@ -79,14 +79,10 @@ def figures(folder):
     return {k: v for k, v in m.items() if not k.startswith("latency") and "second" not in k and "_ms" not in k}
 
 
-def test_killed_during_02_and_05_resumes_to_the_same_outputs(tmp_path):
-    straight = pipeline(tmp_path / "straight", "--params", "params/smoke.yaml", *[f"--set={s}" for s in SETS])
-    assert straight.wait(timeout=1200) == 0, tail(straight)
-    (expected,) = [p for p in (tmp_path / "straight").iterdir() if p.is_dir()]
-
+def test_killed_during_02_and_05_resumes_to_the_same_outputs(tmp_path, smoke_classifier_run):
+    expected = smoke_classifier_run
     reports = tmp_path / "killed"
-    folder = kill_during(pipeline(reports, "--params", "params/smoke.yaml", *[f"--set={s}" for s in SETS]),
-                         reports, "02-clean-data", after_s=2.0)
+    folder = kill_during(pipeline(reports, "--params", PARAMS), reports, "02-clean-data", after_s=2.0)
     kill_during(pipeline(reports, "--resume", str(folder)), reports, "05-evaluate-model", after_s=4.0)
     resumed = pipeline(reports, "--resume", str(folder))
     assert resumed.wait(timeout=1200) == 0, tail(resumed)

@@ -195,8 +195,10 @@ def quality_table(rows: list[dict], answers: dict[str, list[dict]]) -> pd.DataFr
     """Corpus-level ROUGE-L, BLEU and similarity per model, through our evaluate modules."""
     import evaluate
 
+    from . import metric_modules
+
     refs = [chat.last_turn(r["messages"], "assistant") for r in rows]
-    suite = evaluate.combine([metrics.RougeL(), metrics.Bleu(), metrics.SemanticSimilarity()])
+    suite = evaluate.combine([metric_modules.RougeL(), metric_modules.Bleu(), metric_modules.SemanticSimilarity()])
     recs = []
     for name, ans in answers.items():
         res = suite.compute(predictions=[a["answer"] for a in ans], references=refs)

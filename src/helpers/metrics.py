@@ -1,46 +1,16 @@
-"""Our metrics as local `evaluate` modules, so they work offline and combine with hub ones.
-
-`evaluate.load("accuracy")` fetches the metric's code from the hub, which fails offline
-(our default). These classes wrap the same libraries the hub metrics use (scikit-learn,
-sacreBLEU, rouge-score) and are instantiated directly:
-
-    evaluate.combine([RougeL(), Bleu()]).compute(predictions=["a b"], references=["a c"])
+"""Our metrics as plain functions over numpy arrays and strings, tested by hand.
 
 Classification scores are plain scikit-learn in one function, `classification_scores`, which
-the Trainer's evaluations, cross-validation and stage 05 share.
-
-The math lives in plain functions (tested by hand); the classes only declare the inputs.
-Every `_compute` accepts and ignores extra keyword inputs because `evaluate.combine` hands
-every module every input.
+the Trainer's evaluations, cross-validation and stage 05 share. The same math as `evaluate`
+modules (to combine with hub metrics) is in `helpers.metric_modules`; this module does not
+import `evaluate` (which imports transformers' pipelines: seconds at the top of every stage).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Callable
 
-import datasets
-import evaluate
 import numpy as np
-
-_CITATION = "tunebook local metric (wraps scikit-learn / sacreBLEU / rouge-score)"
-
-
-class LocalMetric(evaluate.Metric):
-    """Base: kept in memory, so no cache files or file locks under ~/.cache (one process)."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("keep_in_memory", True)
-        super().__init__(**kwargs)
-
-
-def _info(description: str, features: dict[str, Any]) -> evaluate.MetricInfo:
-    """A MetricInfo with our citation and the given input features."""
-    return evaluate.MetricInfo(description=description, citation=_CITATION, inputs_description=description,
-                               features=datasets.Features(features))
-
-
-TEXTS = {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
-
 
 # ---------------------------------------------------------------- classification
 
@@ -112,17 +82,6 @@ def expected_calibration_error(correct: np.ndarray, confidence: np.ndarray, bins
 
 # ---------------------------------------------------------------- language modelling
 
-class Perplexity(LocalMetric):
-    """exp(mean negative log-likelihood per token), pooled over every scored token."""
-
-    def _info(self) -> evaluate.MetricInfo:
-        return _info("perplexity from per-token negative log-likelihoods (nats) of each example; "
-                     "1 = certain, V = as unsure as a uniform guess over V tokens",
-                     {"nlls": datasets.Sequence(datasets.Value("float64"))})
-
-    def _compute(self, nlls: list[list[float]], **_: Any) -> dict[str, float]:
-        return perplexity(nlls)
-
 
 def perplexity(nlls: list[list[float]] | list[np.ndarray]) -> dict[str, float]:
     """Pooled perplexity: long answers weigh by their token count, as in training."""
@@ -148,16 +107,6 @@ def token_nlls(logits, labels, ignore_index: int = -100) -> list:
 
 # ---------------------------------------------------------------- generated text
 
-class RougeL(LocalMetric):
-    """ROUGE-L F-measure (longest common subsequence of words), mean over examples."""
-
-    def _info(self) -> evaluate.MetricInfo:
-        return _info("ROUGE-L F1 between each prediction and its reference, averaged, 0..1", TEXTS)
-
-    def _compute(self, predictions: list[str], references: list[str], **_: Any) -> dict[str, float]:
-        scores = rouge_l(predictions, references)
-        return {"rougeL": float(np.mean(scores)) if scores else float("nan")}
-
 
 def rouge_l(predictions: list[str], references: list[str]) -> list[float]:
     """ROUGE-L F1 per pair, with the Porter stemmer as the hub's `rouge` metric uses."""
@@ -167,17 +116,6 @@ def rouge_l(predictions: list[str], references: list[str]) -> list[float]:
     return [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)]
 
 
-class Bleu(LocalMetric):
-    """Corpus BLEU from sacreBLEU (0..100), one reference per prediction."""
-
-    def _info(self) -> evaluate.MetricInfo:
-        return _info("sacreBLEU corpus BLEU, 0..100 (100 = identical)", TEXTS)
-
-    def _compute(self, predictions: list[str], references: list[str], **_: Any) -> dict[str, float]:
-        import sacrebleu
-
-        return {"bleu": float(sacrebleu.corpus_bleu(predictions, [references]).score)}
-
 
 def sentence_bleu(predictions: list[str], references: list[str]) -> list[float]:
     """sacreBLEU per pair (smoothed with effective order, so short answers are not all 0)."""
@@ -185,20 +123,6 @@ def sentence_bleu(predictions: list[str], references: list[str]) -> list[float]:
 
     return [float(sacrebleu.sentence_bleu(p, [r]).score) for p, r in zip(predictions, references)]
 
-
-class SemanticSimilarity(LocalMetric):
-    """Mean cosine similarity of sentence embeddings (all-MiniLM-L6-v2 by default), -1..1."""
-
-    def __init__(self, embedder: str | Path | None = None, **kwargs: Any) -> None:
-        self.embedder = embedder
-        super().__init__(**kwargs)
-
-    def _info(self) -> evaluate.MetricInfo:
-        return _info("cosine similarity of mean-pooled sentence embeddings, averaged; 1 = same meaning", TEXTS)
-
-    def _compute(self, predictions: list[str], references: list[str], **_: Any) -> dict[str, float]:
-        sims = cosine_pairs(embed(predictions, self.embedder), embed(references, self.embedder))
-        return {"semantic_similarity": float(sims.mean()) if len(sims) else float("nan")}
 
 
 _EMBEDDERS: dict[str, tuple[Any, Any]] = {}
