@@ -42,11 +42,15 @@ pipeline: $(STAMP) ## run EXP (default: the bundled chat and classification expe
 sweep: $(STAMP) ## run every combination of GRID (or EXP's sweep: section) over EXP, then one sweep page
 	$(BIN)/python -m helpers.pipeline --params $(or $(EXP),$(error give EXP=params/x.yaml)) $(if $(GRID),--grid '$(GRID)') $(foreach s,$(SET),--set $(s)) $(if $(REUSE),--reuse $(REUSE))
 
-test: $(STAMP) ## run the whole test suite, end-to-end notebooks included
-	$(BIN)/python -m pytest -q
+# Two pytest workers (pytest-xdist): a tiny pipeline's time is mostly one-threaded Python (kernel
+# start, imports), so two at once on 2 cores nearly halve the wall time. JOBS=1 runs in one process;
+# loadgroup keeps the tests that share a smoke run on one worker (tests/conftest.py).
+JOBS ?= 2
+test: $(STAMP) ## run the whole test suite, end-to-end notebooks included (JOBS=2 workers)
+	$(BIN)/python -m pytest -q $(if $(filter-out 1,$(JOBS)),-n $(JOBS) --dist loadgroup)
 
 test-fast: $(STAMP) ## run the unit tests only (skip the end-to-end notebook runs)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" $(if $(filter-out 1,$(JOBS)),-n $(JOBS) --dist loadgroup)
 
 bench: $(STAMP) ## time our training, evaluation and serving paths against the usual recipes
 	$(BIN)/pip install -q "$$(grep -o 'trl==[0-9.]*' pyproject.toml | head -1)" --no-deps
