@@ -70,3 +70,10 @@ def test_the_timing_runs_the_training_path_and_01_writes_the_budget_into_config_
     # No budget and no timing asked for: nothing is measured, the config is unchanged.
     quiet = load_config(SMOKE_SENTIMENT, {"explore.measure_speed": False})
     assert explore.time_training(run, quiet, rows, lengths, epoch) == (quiet, None)
+    # max_steps set under a budget (a smoke profile extending a bundled file): max_steps wins, the budget
+    # leaves config.yaml, and 04 names max_steps as what set the steps.
+    both = load_config(SMOKE_SENTIMENT, {"explore.measure_speed": False, "tune.time_budget_minutes": 3})
+    kept, out = explore.time_training(run, both, rows, lengths, epoch)
+    assert out is None and kept.tune.time_budget_minutes is None and kept.tune.max_steps == 8
+    assert yaml.safe_load(run.config_file.read_text())["tune"]["time_budget_minutes"] is None
+    assert training.planned_steps(kept, 240) == (8, "max_steps")

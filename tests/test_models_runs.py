@@ -1,5 +1,8 @@
 """Bundled models resolve offline; run folders never collide; metrics merge."""
 import json
+import os
+import subprocess
+import sys
 import time
 from importlib import metadata
 
@@ -58,3 +61,21 @@ def test_open_run_picks_newest_or_creates(reports):
     second, _ = runs.open_run("", params, create=True)
     assert runs.open_run("", params)[0].dir == second.dir
     assert runs.open_run(str(first.dir))[0].dir == first.dir
+
+
+@pytest.mark.slow
+def test_two_processes_on_a_fresh_cache_convert_the_bundled_model_once(tmp_path):
+    """Two processes that start at once on an empty cache (pytest workers, accelerate ranks, search
+    workers): one converts the GGUF, the other waits for it, and both load a whole folder."""
+    code = ("from helpers import models; from helpers.config import load_config; "
+            "tok = models.load_tokenizer(load_config()); print('loaded', len(tok))")
+    env = {**os.environ, "TUNEBOOK_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(paths.ROOT / "src"),
+           "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    assert all(out.startswith("loaded ") for out, _ in outs)
+    assert sum("converting the bundled" in err for _, err in outs) == 1, [err[-500:] for _, err in outs]
+    folder = tmp_path / "cache" / "models" / "smollm2-135m-instruct"
+    assert (folder / "model.safetensors").is_file() and not list(folder.parent.glob("*.tmp"))

@@ -168,6 +168,13 @@ def time_training(run: runs.Run, cfg: Config, rows: list[dict], lengths: pd.Data
     config.yaml (budget.plan_budget). None when explore.measure_speed is off and there is no budget."""
     t = cfg.tune
     planning = bool(t.time_budget_minutes) and t.max_steps <= 0
+    if t.time_budget_minutes and not planning:
+        # tune.max_steps wins (a smoke profile's steps under a bundled file's budget): the budget is not
+        # used, and config.yaml says so, so that 04 and the report name max_steps as what set the steps.
+        print(f"tune.max_steps = {t.max_steps} is set: it wins over tune.time_budget_minutes = "
+              f"{t.time_budget_minutes:g}, which this run does not use (config.yaml leaves it out)")
+        cfg = apply_overrides(cfg, {"tune.time_budget_minutes": None})
+        runs.write_text(run.config_file, to_yaml(cfg))
     if not (cfg.explore.measure_speed or planning):
         return cfg, None
     from . import budget  # the training engine (torch, peft): loaded only when 01 times it

