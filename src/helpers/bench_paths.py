@@ -30,7 +30,8 @@ def bench_config(spec: dict):
             "tune.learning_rate": spec["lr"], "tune.warmup_ratio": 0.0, "tune.scheduler": "constant",
             "tune.lora.r": spec["r"], "tune.lora.alpha": spec["alpha"], "tune.lora.dropout": 0.0,
             "model.max_length": set_max_length(spec), "experiment.seed": spec["seed"],
-            "tune.save_steps": 10_000, "tune.logging_steps": 10_000}
+            "tune.save_steps": 10_000, "tune.logging_steps": 10_000,
+            "tune.time_budget_minutes": None}  # the bench's steps, not the bundled file's budget
     if spec.get("model"):
         over["model.name_or_path"] = spec["model"]
     return load_config(paths.PARAMS / "chat-faq.yaml", over)
@@ -41,7 +42,7 @@ def pipeline_config(spec: dict):
     its steps (and seed, model) set to the bench's: what `make pipeline` trains with."""
     from .config import load_config
 
-    over = {"tune.max_steps": spec["steps"], "experiment.seed": spec["seed"]}
+    over = {"tune.max_steps": spec["steps"], "experiment.seed": spec["seed"], "tune.time_budget_minutes": None}
     if spec.get("model") and spec["set"] != "airline":
         over["model.name_or_path"] = spec["model"]
     return load_config(paths.PARAMS / ("sentiment-airline.yaml" if spec["set"] == "airline" else "chat-faq.yaml"), over)
