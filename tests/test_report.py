@@ -71,9 +71,10 @@ def test_headline_cards_by_hand():
     assert report.headline({}) == []
     tune = {"steps": 228, "steps_rule": "time budget", "time_budget_minutes": 2.0, "epochs_trained": 3.65,
             "step_seconds": 114.0, "stopped_early": True, "best_step": 150, "seconds_per_step": 0.5,
-            "step_time_vs_01_estimate": 1.08}
+            "step_time_vs_01_estimate": 1.08, "eval_rows": 1436}
     value, detail = dict((k, (v, d)) for k, v, d in report.headline({"tune": tune}))["training steps"]
     assert value == "228" and detail == ("set by time budget (2 min); 3.65 epochs; 1.9 min in optimizer steps; "
+                                         "validated on a sample of 1,436 rows; "
                                          "stopped early (best step 150); 0.5 s per step, 1.08x 01's estimate")
 
 

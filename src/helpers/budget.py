@@ -92,16 +92,27 @@ def measure(cfg: Config, train_rows: list[dict], val_rows: list[dict], steps: in
 # At most this share of a budget goes to validation passes: on a slow machine with a big validation
 # split one pass can take minutes, and evaluating at the usual cadence would leave little to train.
 EVAL_SHARE = 0.25
+# The smallest validation sample a budget shrinks the in-training validation to (tune.eval_rows).
+MIN_EVAL_ROWS = 200
 
 
 def plan_budget(cfg: Config, timing: dict[str, Any], n_train: int, n_val: int) -> dict[str, Any]:
     """The optimizer steps that fit tune.time_budget_minutes: each step at the measured rate, plus a
     validation pass at step 0 and every eval_steps. When that cadence gives fewer than two evaluations
     (early stopping and the best checkpoint need them), there are four instead; when it would spend
-    more than EVAL_SHARE of the budget validating, fewer. Checkpoints then come with the evaluations."""
+    more than EVAL_SHARE of the budget validating, fewer. Checkpoints then come with the evaluations.
+    When even two whole validation passes exceed that share (a big validation split on a slow
+    machine), training validates on a seeded sample of the split (tune.eval_rows) sized for four."""
     t = cfg.tune
     budget = t.time_budget_minutes * 60
-    step, val = timing["seconds_per_step"], timing["seconds_per_validation_row"] * n_val
+    per_row = timing["seconds_per_validation_row"]
+    n_val = min(n_val, t.eval_rows or n_val)
+    eval_rows = t.eval_rows
+    if per_row and 2 * per_row * n_val > EVAL_SHARE * budget:
+        # Two whole passes (step 0 and one more) would already take more than the validation share:
+        # validate on a seeded sample small enough for four passes (at least MIN_EVAL_ROWS rows).
+        n_val = eval_rows = min(n_val, max(MIN_EVAL_ROWS, math.floor(EVAL_SHARE * budget / 4 / per_row)))
+    step, val = timing["seconds_per_step"], per_row * n_val
 
     def steps_with(evals: int) -> int:  # steps that fit beside a step-0 pass and `evals` more
         return math.floor((budget - (1 + evals) * val) / step)
@@ -122,11 +133,11 @@ def plan_budget(cfg: Config, timing: dict[str, Any], n_train: int, n_val: int) -
     per_step = t.batch_size * t.grad_accum
     evaluations = 1 + steps // every if n_val else 0
     return {"time_budget_minutes": t.time_budget_minutes, "max_steps": steps, "eval_steps": every,
-            "save_steps": save, "epochs": round(steps * per_step / max(n_train, 1), 2),
+            "save_steps": save, "eval_rows": eval_rows, "epochs": round(steps * per_step / max(n_train, 1), 2),
             "evaluations": evaluations, "seconds_per_step": step, "validation_pass_seconds": round(val, 1),
             "planned_minutes": round((steps * step + evaluations * val) / 60, 2)}
 
 
-def plan_overrides(plan: dict[str, Any]) -> dict[str, int]:
+def plan_overrides(plan: dict[str, Any]) -> dict[str, int | None]:
     """The config keys a plan sets (written into the run's config.yaml by stage 01)."""
-    return {f"tune.{k}": plan[k] for k in ("max_steps", "eval_steps", "save_steps")}
+    return {f"tune.{k}": plan[k] for k in ("max_steps", "eval_steps", "save_steps", "eval_rows")}

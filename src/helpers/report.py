@@ -153,6 +153,8 @@ def training_detail(tune: dict[str, Any]) -> str:
         parts.append(f"{fmt(tune['epochs_trained'], 2)} epochs")
     if tune.get("step_seconds") is not None:
         parts.append(f"{tune['step_seconds'] / 60:.1f} min in optimizer steps")
+    if tune.get("eval_rows"):
+        parts.append(f"validated on a sample of {tune['eval_rows']:,} rows")
     if tune.get("stopped_early"):
         parts.append(f"stopped early (best step {tune.get('best_step')})")
     if tune.get("step_time_vs_01_estimate"):

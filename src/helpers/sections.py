@@ -188,6 +188,11 @@ class TuneParams(Section):
     weight_decay: float = Field(0.0, ge=0.0)
     scheduler: Literal["linear", "cosine", "constant", "step"] = "linear"
     eval_steps: int = Field(50, ge=1)
+    # Validate during training on this many rows of the validation split (a seeded sample, in split
+    # order), for early stopping, the best checkpoint and the loss curve; None = all of them. A time
+    # budget sets it when whole passes would take more than a quarter of the budget (helpers.budget).
+    # Stage 05's scores use the whole test split either way.
+    eval_rows: int | None = Field(None, ge=1)
     save_steps: int = Field(50, ge=1)
     logging_steps: int = Field(10, ge=1)
     early_stopping_patience: int | None = 3  # evaluations without improvement; None = off

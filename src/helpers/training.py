@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import shutil
 import time
 from dataclasses import dataclass
@@ -87,11 +88,21 @@ def prepare(cfg: Config, train_rows: list[dict], val_rows: list[dict], output_di
     labels = task.labels(cfg, train_rows)
     n = cfg.model.max_length
     train_ds = task.encode(tokenizer, train_rows, labels, n, "train")
+    val_rows = eval_sample(cfg, val_rows)
     val_ds = task.encode(tokenizer, val_rows, labels, n, "validation")
     if not resume:
         shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
     return Prepared(tokenizer, labels, train_ds, val_ds, train_rows, val_rows, output_dir,
                     last_checkpoint(output_dir / "checkpoints"))
+
+
+def eval_sample(cfg: Config, rows: list[dict]) -> list[dict]:
+    """The validation rows training evaluates on: all, or tune.eval_rows of them (seeded, in split order)."""
+    k = cfg.tune.eval_rows
+    if not k or len(rows) <= k:
+        return rows
+    keep = sorted(random.Random(cfg.experiment.seed).sample(range(len(rows)), k))
+    return [rows[i] for i in keep]
 
 
 def arguments(cfg: Config, prepared: Prepared, model, progress: bool = True) -> TrainingArguments:

@@ -97,6 +97,8 @@ def step_time(run: Run, cfg: Config, fitted: training.Fitted, n_train: int) -> d
                            "epochs_trained": round(examples / max(n_train, 1), 2)}
     if t.time_budget_minutes:
         out["time_budget_minutes"] = t.time_budget_minutes
+    if t.eval_rows:  # training validated on a seeded sample of the validation split
+        out["eval_rows"] = t.eval_rows
     if done > 0 and fitted.step_seconds:
         out["seconds_per_step"] = round(fitted.step_seconds / done, 4)
         estimate = runs.read_json(run.metrics_file, {}).get("explore", {}).get("training_time", {})
