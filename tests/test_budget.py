@@ -33,7 +33,7 @@ def test_a_validation_split_too_big_for_the_budget_is_sampled_for_four_passes():
     assert plan["evaluations"] * plan["validation_pass_seconds"] <= budget.EVAL_SHARE * 300 + 1e-9
     assert plan["max_steps"] == (300 - 4 * round(436 * 0.043, 1)) // 2.15 and plan["planned_minutes"] <= 5
     # Never below MIN_EVAL_ROWS, and never more than the split; a user's own tune.eval_rows is kept.
-    assert budget.plan_budget(cfg, {"seconds_per_step": 0.5, "seconds_per_validation_row": 0.1}, 1000, 5000
+    assert budget.plan_budget(cfg, {"seconds_per_step": 0.5, "seconds_per_validation_row": 0.2}, 1000, 5000
                               )["eval_rows"] == budget.MIN_EVAL_ROWS
     mine = load_config(SMOKE_SENTIMENT, {"tune.max_steps": -1, "tune.time_budget_minutes": 5, "tune.eval_rows": 300})
     assert budget.plan_budget(mine, TIMING, 1000, 2352)["eval_rows"] == 300

@@ -92,8 +92,10 @@ def measure(cfg: Config, train_rows: list[dict], val_rows: list[dict], steps: in
 # At most this share of a budget goes to validation passes: on a slow machine with a big validation
 # split one pass can take minutes, and evaluating at the usual cadence would leave little to train.
 EVAL_SHARE = 0.25
-# The smallest validation sample a budget shrinks the in-training validation to (tune.eval_rows).
-MIN_EVAL_ROWS = 200
+# The smallest validation sample a budget shrinks the in-training validation to (tune.eval_rows):
+# 100 chats are thousands of loss tokens, enough to see the loss fall; a bigger floor would let a slow
+# machine with a short budget spend most of it validating.
+MIN_EVAL_ROWS = 100
 
 
 def plan_budget(cfg: Config, timing: dict[str, Any], n_train: int, n_val: int) -> dict[str, Any]:
