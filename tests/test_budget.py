@@ -31,7 +31,9 @@ def test_a_validation_split_too_big_for_the_budget_is_sampled_for_four_passes():
     plan = budget.plan_budget(cfg, timing, n_train=18800, n_val=2352)
     assert plan["eval_rows"] == 436 and budget.plan_overrides(plan)["tune.eval_rows"] == 436
     assert plan["evaluations"] * plan["validation_pass_seconds"] <= budget.EVAL_SHARE * 300 + 1e-9
-    assert plan["max_steps"] == (300 - 4 * round(436 * 0.043, 1)) // 2.15 and plan["planned_minutes"] <= 5
+    # smoke-sentiment validates every 4 steps: far more than 3 passes fit, so step 0 and 3 more.
+    assert plan["evaluations"] == 4 and plan["max_steps"] == (300 - 4 * 436 * 0.043) // 2.15
+    assert plan["planned_minutes"] <= 5
     # Never below MIN_EVAL_ROWS, and never more than the split; a user's own tune.eval_rows is kept.
     assert budget.plan_budget(cfg, {"seconds_per_step": 0.5, "seconds_per_validation_row": 0.2}, 1000, 5000
                               )["eval_rows"] == budget.MIN_EVAL_ROWS

@@ -172,7 +172,7 @@ def time_training(run: runs.Run, cfg: Config, rows: list[dict], lengths: pd.Data
         # tune.max_steps wins (a smoke profile's steps under a bundled file's budget): the budget is not
         # used, and config.yaml says so, so that 04 and the report name max_steps as what set the steps.
         print(f"tune.max_steps = {t.max_steps} is set: it wins over tune.time_budget_minutes = "
-              f"{t.time_budget_minutes:g}, which this run does not use (config.yaml leaves it out)")
+              f"{t.time_budget_minutes:g}, which this run does not use (config.yaml sets it to null)")
         cfg = apply_overrides(cfg, {"tune.time_budget_minutes": None})
         runs.write_text(run.config_file, to_yaml(cfg))
     if not (cfg.explore.measure_speed or planning):

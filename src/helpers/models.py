@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from . import paths, precision
@@ -70,8 +71,6 @@ def _converted_gguf(alias: str, folder: Path, gguf: str) -> Path:
     with FileLock(str(out) + ".lock"):
         if _valid_cache(out):  # another process converted it while this one waited
             return out
-        import sys
-
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
