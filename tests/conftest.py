@@ -32,12 +32,23 @@ def reports(tmp_path, monkeypatch) -> Path:
     return folder
 
 
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`--dist loadgroup`), every test that uses a smoke run goes to one worker,
-    so each smoke run is made once, not once per worker."""
-    for item in items:
-        if {"smoke_chat_run", "smoke_classifier_run"} & set(item.fixturenames):
-            item.add_marker(pytest.mark.xdist_group("smoke-runs"))
+    so each smoke run is made once, not once per worker. The group is added before xdist's own hook
+    (which writes it into the test's id, where its scheduler reads it) and checked after it: when a
+    pytest or xdist upgrade breaks that, the suite stops here instead of making every smoke run twice."""
+    smoke = [item for item in items if {"smoke_chat_run", "smoke_classifier_run"} & set(item.fixturenames)]
+    for item in smoke:
+        item.add_marker(pytest.mark.xdist_group("smoke-runs"))
+    result = yield
+    if getattr(config.option, "loadgroup", False):
+        lost = [item.nodeid for item in smoke if not item.nodeid.endswith("@smoke-runs")]
+        if lost:
+            raise pytest.UsageError(f"xdist did not group {len(lost)} smoke-run tests (first: {lost[0]}): each "
+                                    "worker would make the smoke runs again; check the pytest and pytest-xdist "
+                                    "pins in pyproject.toml, or run with JOBS=1")
+    return result
 
 
 # ---- the smoke runs, made once per test session: the end-to-end tests check them, and the tests
