@@ -1,4 +1,7 @@
 """The training clock: timed steps of the real path, a time budget as steps, the small-data floor."""
+import statistics
+from types import SimpleNamespace
+
 import pytest
 import yaml
 
@@ -87,7 +90,17 @@ def test_the_timing_runs_the_training_path_and_01_writes_the_budget_into_config_
     assert budget.TIMED_STEPS <= timing["steps_timed"] == len(timed) <= budget.MAX_TIMED_STEPS
     assert sum(timed) >= budget.TIMED_SECONDS or len(timed) == budget.MAX_TIMED_STEPS
     assert timing["seconds_per_step"] > 0 and timing["seconds_per_validation_row"] > 0
-    assert timing["tokens_per_step"] > 0  # real batches of the data went through
+    # Per token: each timed step's seconds over its own tokens (real batches of the data went through),
+    # times the data's mean tokens per step.
+    tokens = timing["step_tokens_each"]
+    assert len(tokens) == len(timing["step_seconds_each"]) and all(t > 0 for t in tokens)
+    rate = statistics.median(s / t for s, t in zip(timed, tokens[1:]))
+    assert timing["seconds_per_token"] == pytest.approx(rate, rel=1e-3)
+    assert timing["seconds_per_step"] == pytest.approx(rate * timing["data_tokens_per_step"], rel=1e-3)
+    tok = models.load_tokenizer(cfg)
+    mean_text = statistics.fmean(len(tok(r["text"], truncation=True, max_length=cfg.model.max_length)["input_ids"])
+                                 for r in rows)
+    assert timing["data_tokens_per_step"] == pytest.approx(mean_text * cfg.tune.batch_size, rel=0.05)
     plan = out["budget"]
     assert planned.tune.max_steps == plan["max_steps"] > 0
     written = yaml.safe_load(run.config_file.read_text())
@@ -103,3 +116,41 @@ def test_the_timing_runs_the_training_path_and_01_writes_the_budget_into_config_
     assert out is None and kept.tune.time_budget_minutes is None and kept.tune.max_steps == 8
     assert yaml.safe_load(run.config_file.read_text())["tune"]["time_budget_minutes"] is None
     assert training.planned_steps(kept, 240) == (8, "max_steps")
+
+
+def test_the_clock_times_per_token_and_goes_on_while_the_rates_disagree(monkeypatch):
+    """Steps of uneven chats: seconds follow tokens. The clock stops after TIMED_STEPS timed steps worth
+    TIMED_SECONDS once TIMED_STEPS per-token rates lie within AGREE of their median; until then it times more."""
+    clock = budget.StepClock()
+    clock.trainer = SimpleNamespace(tokens_seen=0)
+    steps = [(30.0, 1000), (50.9, 2900), (17.3, 1000), (27.7, 1600), (20.0, 500), (12.0, 700), (18.0, 1000)]
+    stopped_after = None
+    for i, (seconds, tokens) in enumerate(steps):
+        now = iter([0.0, seconds])
+        monkeypatch.setattr(training.time, "perf_counter", lambda: next(now))
+        control = SimpleNamespace(should_training_stop=False)
+        clock.on_step_begin(None, None, control)
+        clock.trainer.tokens_seen += tokens
+        clock.on_step_end(None, None, control)
+        if control.should_training_stop:
+            stopped_after = i + 1
+            break
+    assert clock.tokens == [t for _, t in steps[:stopped_after]]
+    # After 4 steps (3 timed) the rates are 17.6, 17.3, 17.3 ms/token: they agree, the clock stops.
+    assert stopped_after == 4 and clock.rates() == pytest.approx([50.9 / 2900, 17.3 / 1000, 27.7 / 1600])
+    # A busy machine: one step at 16 ms/token among 7 ms ones. Two rates agree after 3 timed steps, so
+    # the clock times a fourth; three agree then, and the median ignores the busy step.
+    busy = budget.StepClock()
+    busy.trainer = SimpleNamespace(tokens_seen=0)
+    n = 0
+    for seconds, tokens in [(10.0, 1000), (7.0, 1000), (16.0, 1000), (7.0, 1000), (7.0, 1000), (7.0, 1000)]:
+        now = iter([0.0, seconds])
+        monkeypatch.setattr(training.time, "perf_counter", lambda: next(now))
+        control = SimpleNamespace(should_training_stop=False)
+        busy.on_step_begin(None, None, control)
+        busy.trainer.tokens_seen += tokens
+        busy.on_step_end(None, None, control)
+        n += 1
+        if control.should_training_stop:
+            break
+    assert n == 5 and statistics.median(busy.rates()) == pytest.approx(0.007)

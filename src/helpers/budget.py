@@ -1,7 +1,7 @@
 """Engine: the training clock. How long one optimizer step of this very training path takes on
 this machine (timed, not guessed), and how many steps a time budget buys.
 
-    timing = measure(cfg, train_rows, val_rows)       seconds per step and per validation row
+    timing = measure(cfg, train_rows, val_rows)       seconds per token, per step and per validation row
     plan   = plan_budget(cfg, timing, n_train, n_val)  tune.time_budget_minutes -> steps, evaluations
 
 Stage 01 calls both (before any cleaning, on the loaded rows) and writes the plan's steps into
@@ -30,20 +30,39 @@ from .config import Config, ConfigError, apply_overrides
 # machine one step of the smoke classifier took 1.4 to 2.4 s: the median of 3 fast steps is noise,
 # while 3 steps of a big chat batch (20-50 s each here) are already a minute or more.
 TIMED_STEPS, MAX_TIMED_STEPS, TIMED_SECONDS = 3, 10, 15.0
+# A step's time follows its tokens, and steps of long, uneven chats hold very different token counts
+# (three timed steps of 8 multi-turn chats took 50.9, 17.3 and 27.7 s here). So the rate is timed per
+# token, and a step's time is that rate times the data's mean tokens per step (from up to LENGTH_ROWS
+# rows). Until TIMED_STEPS rates lie within AGREE of their median (a busy machine slows some steps),
+# more steps are timed, up to MAX_TIMED_STEPS and AGREE_SECONDS in all.
+LENGTH_ROWS, AGREE, AGREE_SECONDS = 2000, 1.25, 60.0
 
 
 class StepClock(training.StepTimer):
-    """The engine's step timer (every optimizer step's seconds), stopping the training once the timed
-    steps (all but the first) are enough."""
+    """The engine's step timer (every optimizer step's seconds and tokens), stopping the training once
+    the timed steps (all but the first) are enough and their per-token rates agree."""
 
     def __init__(self, steps: int = TIMED_STEPS, seconds: float = TIMED_SECONDS):
         super().__init__()
         self.steps, self.enough = steps, seconds
+        self.trainer = None  # set once the trainer exists: its tokens_seen counts each step's tokens
+        self.tokens: list[int] = []
+        self._seen = 0
+
+    def rates(self) -> list[float]:
+        """Seconds per token of each timed step."""
+        return [s / t for s, t in zip(self.each[1:], self.tokens[1:]) if t]
 
     def on_step_end(self, args, state, control, **kwargs):
         super().on_step_end(args, state, control, **kwargs)
-        timed = self.each[1:]
-        if len(timed) >= self.steps and sum(timed) >= self.enough:
+        seen = self.trainer.tokens_seen if self.trainer is not None else 0
+        self.tokens.append(seen - self._seen)
+        self._seen = seen
+        timed, rates, agree = self.each[1:], self.rates(), True
+        if rates:  # (no token counts: a step's seconds alone decide)
+            mid = statistics.median(rates)
+            agree = sum(mid / AGREE <= r <= mid * AGREE for r in rates) >= min(self.steps, len(rates))
+        if len(timed) >= self.steps and sum(timed) >= self.enough and (agree or sum(timed) >= AGREE_SECONDS):
             control.should_training_stop = True
 
 
@@ -51,13 +70,18 @@ def measure(cfg: Config, train_rows: list[dict], val_rows: list[dict], steps: in
             most: int = MAX_TIMED_STEPS) -> dict[str, Any]:
     """Time `steps` to `most` real optimizer steps (after one untimed) of the run's own training path: the same
     model, adapters, precision, packing and batch size as stage 04, on batches drawn from train_rows;
-    then one validation batch drawn from val_rows. Rows must fit model.max_length."""
+    then one validation batch drawn from val_rows. Rows must fit model.max_length.
+
+    seconds_per_step is the median seconds per token of the timed steps times the data's mean tokens
+    per step (LENGTH_ROWS rows encoded as training encodes them), so a few uneven steps still give the
+    rate of an average one."""
     if not train_rows:
         raise ConfigError("the step timing needs at least one row that fits model.max_length")
     rng = random.Random(cfg.experiment.seed)
     per_step = cfg.tune.batch_size * cfg.tune.grad_accum
     sample = [rng.choice(train_rows) for _ in range(per_step * (most + 1))]  # with replacement: tiny data too
     checks = rng.sample(val_rows or train_rows, min(len(val_rows or train_rows), 2 * cfg.tune.batch_size))
+    for_lengths = rng.sample(train_rows, min(len(train_rows), LENGTH_ROWS))
     timing_cfg = apply_overrides(cfg, {"tune.max_steps": most + 1, "tune.warmup_ratio": 0.0,
                                        "tune.eval_steps": 10**6, "tune.save_steps": 10**6,
                                        "tune.logging_steps": 10**6, "tune.early_stopping_patience": None})
@@ -68,21 +92,31 @@ def measure(cfg: Config, train_rows: list[dict], val_rows: list[dict], steps: in
         clock = StepClock(min(steps, most))
         trainer = training.make_trainer(timing_cfg, prepared, model,
                                         training.arguments(timing_cfg, prepared, model, progress=False), [clock])
+        clock.trainer = trainer
         trainer.train()
         task = tasks.for_config(cfg)
-        known = [r for r in checks if prepared.labels is None or r["label"] in prepared.labels]
-        val = task.encode(prepared.tokenizer, known or sample[:1], prepared.labels, cfg.model.max_length,
-                          "validation")  # one evaluation batch (the sample may lack a rare label: left out)
+
+        def known(rows):  # the sample may lack a rare label: rows of other labels are left out
+            return [r for r in rows if prepared.labels is None or r["label"] in prepared.labels] or sample[:1]
+
+        encoded = task.encode(prepared.tokenizer, known(for_lengths), prepared.labels, cfg.model.max_length, "train")
+        row_tokens = statistics.fmean(len(ids) for ids in encoded["input_ids"])
+        val = task.encode(prepared.tokenizer, known(checks), prepared.labels, cfg.model.max_length,
+                          "validation")  # one evaluation batch
         start = time.perf_counter()  # the training steps warmed the model up
         trainer.evaluate(eval_dataset=val)
         val_seconds = time.perf_counter() - start
-        tokens = trainer.tokens_seen
         del trainer, model
+        clock.trainer = None
         gc.collect()
     timed = clock.each[1:] or clock.each
-    return {"seconds_per_step": round(statistics.median(timed), 4), "steps_timed": len(timed),
-            "step_seconds_each": [round(s, 3) for s in clock.each],
-            "tokens_per_step": round(tokens / max(len(clock.each), 1)),
+    rates = clock.rates()
+    data_tokens = row_tokens * per_step
+    per_token = statistics.median(rates) if rates else None
+    return {"seconds_per_step": round(per_token * data_tokens if per_token else statistics.median(timed), 4),
+            "seconds_per_token": round(per_token, 7) if per_token else None,
+            "data_tokens_per_step": round(data_tokens, 1), "steps_timed": len(timed),
+            "step_seconds_each": [round(s, 3) for s in clock.each], "step_tokens_each": clock.tokens,
             "seconds_per_validation_row": round(val_seconds / len(val), 5),
             "timing_seconds": round(time.perf_counter() - started, 1),
             "device": "cuda" if torch.cuda.is_available() else "cpu", "cpu_threads": torch.get_num_threads(),
