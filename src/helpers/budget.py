@@ -74,7 +74,8 @@ def measure(cfg: Config, train_rows: list[dict], val_rows: list[dict], steps: in
 
     seconds_per_step is the median seconds per token of the timed steps times the data's mean tokens
     per step (LENGTH_ROWS rows encoded as training encodes them), so a few uneven steps still give the
-    rate of an average one."""
+    rate of an average one; seconds_per_validation_row likewise (the validation batch's seconds per
+    token times the mean tokens per row)."""
     if not train_rows:
         raise ConfigError("the step timing needs at least one row that fits model.max_length")
     rng = random.Random(cfg.experiment.seed)
@@ -106,6 +107,7 @@ def measure(cfg: Config, train_rows: list[dict], val_rows: list[dict], steps: in
         start = time.perf_counter()  # the training steps warmed the model up
         trainer.evaluate(eval_dataset=val)
         val_seconds = time.perf_counter() - start
+        val_tokens = sum(len(ids) for ids in val["input_ids"])
         del trainer, model
         clock.trainer = None
         gc.collect()
@@ -117,7 +119,8 @@ def measure(cfg: Config, train_rows: list[dict], val_rows: list[dict], steps: in
             "seconds_per_token": round(per_token, 7) if per_token else None,
             "data_tokens_per_step": round(data_tokens, 1), "steps_timed": len(timed),
             "step_seconds_each": [round(s, 3) for s in clock.each], "step_tokens_each": clock.tokens,
-            "seconds_per_validation_row": round(val_seconds / len(val), 5),
+            # per token too: one batch of uneven chats is not an average row
+            "seconds_per_validation_row": round(val_seconds / val_tokens * row_tokens, 5),
             "timing_seconds": round(time.perf_counter() - started, 1),
             "device": "cuda" if torch.cuda.is_available() else "cpu", "cpu_threads": torch.get_num_threads(),
             "load_average_1min": round(os.getloadavg()[0], 2)}
