@@ -85,22 +85,27 @@ def test_the_timing_runs_the_training_path_and_01_writes_the_budget_into_config_
     epoch = explore.epoch_tokens(lengths, cfg)
     planned, out = explore.time_training(run, cfg, rows, lengths, epoch)
     timing = out["timing"]
-    # At least TIMED_STEPS after the untimed first; more (up to MAX_TIMED_STEPS) while they are quick.
-    timed = timing["step_seconds_each"][1:]
+    # At least TIMED_STEPS after the untimed warm-up (the first step, and more until WARMUP_SECONDS);
+    # more (up to MAX_TIMED_STEPS) while they are quick.
+    warm = timing["warmup_steps"]
+    assert 1 <= warm <= budget.WARMUP_STEPS
+    assert warm == budget.WARMUP_STEPS or sum(timing["step_seconds_each"][:warm]) >= budget.WARMUP_SECONDS
+    timed = timing["step_seconds_each"][warm:]
     assert budget.TIMED_STEPS <= timing["steps_timed"] == len(timed) <= budget.MAX_TIMED_STEPS
     assert sum(timed) >= budget.TIMED_SECONDS or len(timed) == budget.MAX_TIMED_STEPS
     assert timing["seconds_per_step"] > 0 and timing["seconds_per_validation_row"] > 0
-    # Per token: each timed step's seconds over its own tokens (real batches of the data went through),
-    # times the data's mean tokens per step.
+    # Per token: each timed step's seconds over the tokens it computed (real batches of the data went
+    # through), times the tokens an average step of 04 computes.
     tokens = timing["step_tokens_each"]
     assert len(tokens) == len(timing["step_seconds_each"]) and all(t > 0 for t in tokens)
-    rate = statistics.median(s / t for s, t in zip(timed, tokens[1:]))
+    rate = statistics.median(s / t for s, t in zip(timed, tokens[warm:]))
     assert timing["seconds_per_token"] == pytest.approx(rate, rel=1e-3)
     assert timing["seconds_per_step"] == pytest.approx(rate * timing["data_tokens_per_step"], rel=1e-3)
     tok = models.load_tokenizer(cfg)
     mean_text = statistics.fmean(len(tok(r["text"], truncation=True, max_length=cfg.model.max_length)["input_ids"])
                                  for r in rows)
-    assert timing["data_tokens_per_step"] == pytest.approx(mean_text * cfg.tune.batch_size, rel=0.05)
+    assert timing["mean_row_tokens"] == pytest.approx(mean_text, rel=0.05)
+    assert timing["data_tokens_per_step"] >= timing["mean_row_tokens"] * cfg.tune.batch_size  # + padding
     plan = out["budget"]
     assert planned.tune.max_steps == plan["max_steps"] > 0
     written = yaml.safe_load(run.config_file.read_text())
@@ -122,7 +127,7 @@ def test_the_clock_times_per_token_and_goes_on_while_the_rates_disagree(monkeypa
     """Steps of uneven chats: seconds follow tokens. The clock stops after TIMED_STEPS timed steps worth
     TIMED_SECONDS once TIMED_STEPS per-token rates lie within AGREE of their median; until then it times more."""
     clock = budget.StepClock()
-    clock.trainer = SimpleNamespace(tokens_seen=0)
+    clock.trainer = SimpleNamespace(computed_tokens=0)
     steps = [(30.0, 1000), (50.9, 2900), (17.3, 1000), (27.7, 1600), (20.0, 500), (12.0, 700), (18.0, 1000)]
     stopped_after = None
     for i, (seconds, tokens) in enumerate(steps):
@@ -130,7 +135,7 @@ def test_the_clock_times_per_token_and_goes_on_while_the_rates_disagree(monkeypa
         monkeypatch.setattr(training.time, "perf_counter", lambda: next(now))
         control = SimpleNamespace(should_training_stop=False)
         clock.on_step_begin(None, None, control)
-        clock.trainer.tokens_seen += tokens
+        clock.trainer.computed_tokens += tokens
         clock.on_step_end(None, None, control)
         if control.should_training_stop:
             stopped_after = i + 1
@@ -138,19 +143,43 @@ def test_the_clock_times_per_token_and_goes_on_while_the_rates_disagree(monkeypa
     assert clock.tokens == [t for _, t in steps[:stopped_after]]
     # After 4 steps (3 timed) the rates are 17.6, 17.3, 17.3 ms/token: they agree, the clock stops.
     assert stopped_after == 4 and clock.rates() == pytest.approx([50.9 / 2900, 17.3 / 1000, 27.7 / 1600])
+    # Quick steps: the warm-up goes on until WARMUP_SECONDS have passed, here three steps of 3 s.
+    quick = budget.StepClock()
+    quick.trainer = SimpleNamespace(computed_tokens=0)
+    for seconds in [3.0, 3.0, 3.0, 2.0]:
+        now = iter([0.0, seconds])
+        monkeypatch.setattr(training.time, "perf_counter", lambda: next(now))
+        quick.on_step_begin(None, None, None)
+        quick.trainer.computed_tokens += 1000
+        quick.on_step_end(None, None, SimpleNamespace(should_training_stop=False))
+    assert quick.warmup == 3 and quick.timed == [2.0]
     # A busy machine: one step at 16 ms/token among 7 ms ones. Two rates agree after 3 timed steps, so
     # the clock times a fourth; three agree then, and the median ignores the busy step.
     busy = budget.StepClock()
-    busy.trainer = SimpleNamespace(tokens_seen=0)
+    busy.trainer = SimpleNamespace(computed_tokens=0)
     n = 0
     for seconds, tokens in [(10.0, 1000), (7.0, 1000), (16.0, 1000), (7.0, 1000), (7.0, 1000), (7.0, 1000)]:
         now = iter([0.0, seconds])
         monkeypatch.setattr(training.time, "perf_counter", lambda: next(now))
         control = SimpleNamespace(should_training_stop=False)
         busy.on_step_begin(None, None, control)
-        busy.trainer.tokens_seen += tokens
+        busy.trainer.computed_tokens += tokens
         busy.on_step_end(None, None, control)
         n += 1
         if control.should_training_stop:
             break
     assert n == 5 and statistics.median(busy.rates()) == pytest.approx(0.007)
+
+
+def test_a_steps_tokens_are_its_rows_packed_and_its_longest_row_times_the_batch_padded():
+    cfg = load_config(SMOKE_SENTIMENT, {"tune.batch_size": 2, "tune.grad_accum": 3})
+    lengths = [10, 2, 9, 3]
+    assert budget.step_tokens(lengths, cfg, packed=True, n_train=4) == 6 * 6  # 6 tokens a row, 6 rows a step
+    # 1,000 training rows: megabatches of 50 batches hold all four, sorted: [10, 9], [3, 2].
+    assert budget.step_tokens(lengths, cfg, packed=False, n_train=1000) == (2 * 10 + 2 * 3) / 2 * 3
+    # 8 rows: megabatches of one batch, in random order: never less padding than sorted, never more than all-longest.
+    assert 13 * 3 <= budget.step_tokens(lengths, cfg, packed=False, n_train=8) <= 2 * 10 * 3
+    # Validation batches (twice the training batch) come in split order: the lengths shuffled, padded.
+    val = budget.row_tokens_validated([10, 2, 9, 3, 8, 1, 7, 4], cfg, packed=False)
+    assert 7 <= val <= 10 and budget.row_tokens_validated([10, 2, 9, 3], cfg, packed=True) == 6
+    assert budget.batch_tokens([10, 2, 9, 3, 5], 2, packed=False) == (20 + 18) / 2  # the last, partial batch left out

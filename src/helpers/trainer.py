@@ -20,6 +20,7 @@ class TuneTrainer(Trainer):
         self.weights = weights
         self.step_schedule = step_schedule
         self.tokens_seen = 0  # real (non-pad) input tokens trained on in this process
+        self.computed_tokens = 0  # input positions computed, padding included (helpers.budget's clock)
         self.loss_tokens_seen = 0  # tokens (chat) or examples (classification) that carried loss
         if weights is not None:
             self.loss_is_scaled_for_ga = False  # our weighted loss is a per-batch mean
@@ -103,6 +104,7 @@ class TuneTrainer(Trainer):
     def _count(self, inputs) -> None:
         mask = inputs.get("attention_mask")  # packed batches have none: every token is real
         self.tokens_seen += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+        self.computed_tokens += inputs["input_ids"].numel()
         labels = inputs["labels"]
         self.loss_tokens_seen += int((labels != chat.IGNORE).sum()) if labels.dim() > 1 else labels.numel()
 
