@@ -44,6 +44,9 @@ WARMUP_STEPS, WARMUP_SECONDS = 5, 8.0
 # their median (a busy machine slows some steps), more steps are timed, up to MAX_TIMED_STEPS and
 # AGREE_SECONDS in all.
 LENGTH_ROWS, AGREE, AGREE_SECONDS = 2000, 1.25, 60.0
+# The validation batch timed: drawn from VAL_POOL batches' worth of rows, the draw (of VAL_DRAWS)
+# whose tokens are nearest an average batch's.
+VAL_POOL, VAL_DRAWS = 10, 50
 
 
 class StepClock(training.StepTimer):
@@ -98,8 +101,10 @@ def measure(cfg: Config, train_rows: list[dict], val_rows: list[dict], steps: in
         raise ConfigError("the step timing needs at least one row that fits model.max_length")
     rng = random.Random(cfg.experiment.seed)
     per_step = cfg.tune.batch_size * cfg.tune.grad_accum
-    sample = [rng.choice(train_rows) for _ in range(per_step * (most + WARMUP_STEPS))]  # with replacement: tiny data too
-    checks = rng.sample(val_rows or train_rows, min(len(val_rows or train_rows), 2 * cfg.tune.batch_size))
+    # with replacement: tiny data too
+    sample = [rng.choice(train_rows) for _ in range(per_step * (most + WARMUP_STEPS))]
+    size = 2 * cfg.tune.batch_size  # a validation batch (training.training_args)
+    pool = rng.sample(val_rows or train_rows, min(len(val_rows or train_rows), VAL_POOL * size))
     for_lengths = rng.sample(train_rows, min(len(train_rows), LENGTH_ROWS))
     timing_cfg = apply_overrides(cfg, {"tune.max_steps": most + WARMUP_STEPS, "tune.warmup_ratio": 0.0,
                                        "tune.eval_steps": 10**6, "tune.save_steps": 10**6,
@@ -122,14 +127,20 @@ def measure(cfg: Config, train_rows: list[dict], val_rows: list[dict], steps: in
         lengths = [len(ids) for ids in encoded["input_ids"]]
         row_tokens = statistics.fmean(lengths)
         packed = task.packs(cfg, model.config.model_type)
-        val = task.encode(prepared.tokenizer, known(checks), prepared.labels, cfg.model.max_length,
-                          "validation")  # one evaluation batch
+        # The validation batch to time: of VAL_DRAWS seeded draws from the pool, the one that computes
+        # nearest the tokens of an average validation batch (a packed batch's cost per token grows
+        # with its length: 16 chats ran 7.7 ms a token at 2,053 tokens, 9.0 at 2,944).
+        pooled = task.encode(prepared.tokenizer, known(pool), prepared.labels, cfg.model.max_length, "validation")
+        pool_lengths = [len(ids) for ids in pooled["input_ids"]]
+        per_row = row_tokens_validated(lengths, cfg, packed)
+        draws = [rng.sample(range(len(pool_lengths)), min(size, len(pool_lengths))) for _ in range(VAL_DRAWS)]
+        pick = min(draws, key=lambda d: abs(batch_tokens([pool_lengths[i] for i in d], size, packed)
+                                            - per_row * len(d)))
+        val = pooled.select(pick)
         start = time.perf_counter()  # the training steps warmed the model up
         trainer.evaluate(eval_dataset=val)
         val_seconds = time.perf_counter() - start
-        size, val_lengths = 2 * cfg.tune.batch_size, [len(ids) for ids in val["input_ids"]]
-        val_tokens = sum(batch_tokens(val_lengths[i:i + size], size, packed)  # computed, padding included
-                         for i in range(0, len(val_lengths), size))
+        val_tokens = batch_tokens([pool_lengths[i] for i in pick], size, packed)  # computed, padding included
         del trainer, model
         clock.trainer = None
         gc.collect()
@@ -143,7 +154,8 @@ def measure(cfg: Config, train_rows: list[dict], val_rows: list[dict], steps: in
             "warmup_steps": clock.warmup, "steps_timed": len(timed),
             "step_seconds_each": [round(s, 3) for s in clock.each], "step_tokens_each": clock.tokens,
             # per computed token too: one batch of uneven chats is not an average row
-            "seconds_per_validation_row": round(val_seconds / val_tokens * row_tokens_validated(lengths, cfg, packed), 5),
+            "seconds_per_validation_row": round(val_seconds / val_tokens * per_row, 5),
+            "validation_batch_tokens": val_tokens,
             "timing_seconds": round(time.perf_counter() - started, 1),
             "device": "cuda" if torch.cuda.is_available() else "cpu", "cpu_threads": torch.get_num_threads(),
             "load_average_1min": round(os.getloadavg()[0], 2)}
