@@ -16,7 +16,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "helpers"
 LAYERS = {
     "base": ["paths", "config", "sections", "runs", "data", "schema", "textfile", "readers", "chat", "models", "metrics", "metric_modules",
              "artifacts", "plots", "precision", "measures", "textrules", "bookkeeping", "words", "textops", "verdicts"],
-    "engine": ["inference", "adapters", "trainer", "training", "budget", "tasks", "tasks.chat", "tasks.classification"],
+    "engine": ["inference", "adapters", "packed_attention", "trainer", "training", "budget", "tasks", "tasks.chat",
+               "tasks.classification"],
     "drivers": ["search", "search_study", "search_report", "crossval"],
     "stages": ["explore", "clean", "augment", "tune", "evaluation", "evaluation_chat", "evaluation_classification",
                "report"],

@@ -6,7 +6,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
 
-from helpers import adapters, chat, clean, data, evaluation, models, paths, precision, runs, schema, tasks, trainer, training, tune
+from helpers import (adapters, chat, clean, data, evaluation, models, packed_attention, paths, precision, runs, schema, tasks,
+                     trainer, training, tune)
 from helpers.tasks import classification
 from helpers.config import ConfigError, apply_overrides, load_config
 
@@ -72,6 +73,41 @@ def test_packed_batch_keeps_attention_per_example(short_chats):
     # The first label of each example is masked: no example learns to predict the next one's start.
     starts = (batch["position_ids"][0] == 0).nonzero().flatten()
     assert (batch["labels"][0, starts] == chat.IGNORE).all()
+
+
+def test_packed_attention_attends_within_each_chat_and_is_sdpa_everywhere_else(short_chats):
+    """packed_sdpa (what training uses for packed batches) against sdpa's dense block-diagonal mask over the
+    whole row: the same logits, loss and gradients; a left-padded batch generating with a cache, the same tokens."""
+    cfg = load_config(SMOKE)
+    tok, model = models.load_tokenizer(cfg), models.load_causal_lm(cfg)
+    encoded = [chat.encode(tok, r["messages"], 128) for r in short_chats[:4]]
+    batch = tasks.for_config(cfg).collator(cfg, tok, "llama")([{"input_ids": e.input_ids, "labels": e.labels}
+                                                              for e in encoded])
+    got = {}
+    for impl in ("sdpa", packed_attention.NAME):
+        model.set_attn_implementation(impl)
+        model.zero_grad()
+        out = model(**batch, use_cache=False)
+        out.loss.backward()
+        got[impl] = out.logits.detach(), out.loss.item(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+    (logits_a, loss_a, grad_a), (logits_b, loss_b, grad_b) = got.values()
+    assert torch.allclose(logits_a, logits_b, atol=1e-3) and loss_b == pytest.approx(loss_a, abs=1e-5)
+    assert torch.allclose(grad_a, grad_b, rtol=1e-3, atol=1e-6) and grad_a.abs().sum() > 0
+    # Two prompts of different lengths, left-padded, greedy with a cache: the padding mask still applies.
+    model.eval()
+    a, b = encoded[0].input_ids[:9], encoded[1].input_ids[:14]
+    ids = torch.tensor([[tok.pad_token_id] * 5 + a, b])
+    mask = torch.tensor([[0] * 5 + [1] * 9, [1] * 14])
+    answers = {}
+    for impl in ("sdpa", packed_attention.NAME):
+        model.set_attn_implementation(impl)
+        answers[impl] = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
+                                       pad_token_id=tok.pad_token_id).tolist()
+    assert answers["sdpa"] == answers[packed_attention.NAME]
+    # The training model attends this way when it packs, and as loaded when it does not.
+    assert adapters.build_model(cfg).config._attn_implementation == packed_attention.NAME
+    unpacked = adapters.build_model(load_config(SMOKE, {"tune.packing": False}))
+    assert unpacked.config._attn_implementation == "sdpa"
 
 
 def test_packed_and_padded_batches_give_the_same_loss(tmp_path, short_chats):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from peft import LoraConfig, get_peft_model
 
-from . import precision, tasks
+from . import packed_attention, precision, tasks
 from .config import Config, ConfigError
 
 # LoRA targets per architecture: every linear layer of the blocks (attention and MLP), which
@@ -26,7 +26,10 @@ PEFT_METHODS = ("lora", "dora", "rslora")
 
 def build_model(cfg: Config, labels: list[str] | None = None):
     """The base model for the task, prepared for tune.method."""
-    base = tasks.for_config(cfg).load_base(cfg, labels, dtype=frozen_dtype(cfg))
+    task = tasks.for_config(cfg)
+    base = task.load_base(cfg, labels, dtype=frozen_dtype(cfg))
+    if task.packs(cfg, base.config.model_type) and base.config._attn_implementation == "sdpa":
+        packed_attention.use(base)  # attention within each packed chat, not across the packed row
     if cfg.tune.method in PEFT_METHODS:
         return add_lora(base, cfg)
     if cfg.tune.method == "freeze":
