@@ -22,7 +22,7 @@ LAYERS = {
     "stages": ["explore", "clean", "augment", "tune", "evaluation", "evaluation_chat", "evaluation_classification",
                "report"],
     "entry": ["pipeline", "stagerun", "sweep", "sweep_report", "reuse", "export", "modelfile", "predict", "serving", "chatbot", "webchat",
-              "servebench", "bench", "bench_paths", "bench_classify", "bench_ceiling"],
+              "servebench", "bench", "bench_paths", "bench_classify", "bench_ceiling", "bench_attention"],
 }
 ORDER = list(LAYERS)
 

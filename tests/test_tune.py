@@ -6,7 +6,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
 
-from helpers import (adapters, chat, clean, data, evaluation, models, packed_attention, paths, precision, runs, schema, tasks,
+from helpers import (adapters, bench_attention, chat, clean, data, evaluation, models, packed_attention, paths, precision, runs, schema, tasks,
                      trainer, training, tune)
 from helpers.tasks import classification
 from helpers.config import ConfigError, apply_overrides, load_config
@@ -108,6 +108,15 @@ def test_packed_attention_attends_within_each_chat_and_is_sdpa_everywhere_else(s
     assert adapters.build_model(cfg).config._attn_implementation == packed_attention.NAME
     unpacked = adapters.build_model(load_config(SMOKE, {"tune.packing": False}))
     assert unpacked.config._attn_implementation == "sdpa"
+
+
+def test_the_attention_bench_times_both_on_a_runs_chats_and_finds_the_same_loss(tmp_path, short_chats, capsys):
+    run = runs.create_run(load_config(SMOKE, {"model.max_length": 128}), reports=tmp_path)
+    data.write_jsonl(run.data / "train.jsonl", short_chats[:6])
+    assert bench_attention.main(["--run", str(run.dir), "--chats", "2", "--batches", "1", "--repeats", "1"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "speed-up" in line]
+    assert [line.split(":")[0] for line in lines] == ["training batch 1, 2 chats", "validation batch, 4 chats"]
+    assert all(line.endswith("same loss") for line in lines)
 
 
 def test_packed_and_padded_batches_give_the_same_loss(tmp_path, short_chats):
