@@ -123,14 +123,11 @@ def test_the_timing_runs_the_training_path_and_01_writes_the_budget_into_config_
     assert training.planned_steps(kept, 240) == (8, "max_steps")
 
 
-def test_the_clock_times_per_token_and_goes_on_while_the_rates_disagree(monkeypatch):
-    """Steps of uneven chats: seconds follow tokens. The clock stops after TIMED_STEPS timed steps worth
-    TIMED_SECONDS once TIMED_STEPS per-token rates lie within AGREE of their median; until then it times more."""
+def run_clock(steps: list[tuple[float, int]], monkeypatch) -> tuple[budget.StepClock, int]:
+    """A StepClock fed steps of (seconds, computed tokens) until it stops the training: it and the steps run."""
     clock = budget.StepClock()
     clock.trainer = SimpleNamespace(computed_tokens=0)
-    steps = [(30.0, 1000), (50.9, 2900), (17.3, 1000), (27.7, 1600), (20.0, 500), (12.0, 700), (18.0, 1000)]
-    stopped_after = None
-    for i, (seconds, tokens) in enumerate(steps):
+    for n, (seconds, tokens) in enumerate(steps, 1):
         now = iter([0.0, seconds])
         monkeypatch.setattr(training.time, "perf_counter", lambda: next(now))
         control = SimpleNamespace(should_training_stop=False)
@@ -138,36 +135,24 @@ def test_the_clock_times_per_token_and_goes_on_while_the_rates_disagree(monkeypa
         clock.trainer.computed_tokens += tokens
         clock.on_step_end(None, None, control)
         if control.should_training_stop:
-            stopped_after = i + 1
-            break
-    assert clock.tokens == [t for _, t in steps[:stopped_after]]
-    # After 4 steps (3 timed) the rates are 17.6, 17.3, 17.3 ms/token: they agree, the clock stops.
-    assert stopped_after == 4 and clock.rates() == pytest.approx([50.9 / 2900, 17.3 / 1000, 27.7 / 1600])
+            return clock, n
+    return clock, len(steps)
+
+
+def test_the_clock_times_per_token_and_goes_on_while_the_rates_disagree(monkeypatch):
+    """Steps of uneven chats: seconds follow tokens. The clock stops after TIMED_STEPS timed steps worth
+    TIMED_SECONDS once TIMED_STEPS per-token rates lie within AGREE of their median; until then it times more."""
+    steps = [(30.0, 1000), (50.9, 2900), (17.3, 1000), (27.7, 1600), (20.0, 500), (12.0, 700), (18.0, 1000)]
+    clock, n = run_clock(steps, monkeypatch)
+    # After 4 steps (the first one warm-up, 3 timed) the rates are 17.6, 17.3, 17.3 ms/token: they agree.
+    assert n == 4 and clock.tokens == [t for _, t in steps[:4]] and clock.warmup == 1
+    assert clock.rates() == pytest.approx([50.9 / 2900, 17.3 / 1000, 27.7 / 1600])
     # Quick steps: the warm-up goes on until WARMUP_SECONDS have passed, here three steps of 3 s.
-    quick = budget.StepClock()
-    quick.trainer = SimpleNamespace(computed_tokens=0)
-    for seconds in [3.0, 3.0, 3.0, 2.0]:
-        now = iter([0.0, seconds])
-        monkeypatch.setattr(training.time, "perf_counter", lambda: next(now))
-        quick.on_step_begin(None, None, None)
-        quick.trainer.computed_tokens += 1000
-        quick.on_step_end(None, None, SimpleNamespace(should_training_stop=False))
+    quick, _ = run_clock([(3.0, 1000), (3.0, 1000), (3.0, 1000), (2.0, 1000)], monkeypatch)
     assert quick.warmup == 3 and quick.timed == [2.0]
     # A busy machine: one step at 16 ms/token among 7 ms ones. Two rates agree after 3 timed steps, so
     # the clock times a fourth; three agree then, and the median ignores the busy step.
-    busy = budget.StepClock()
-    busy.trainer = SimpleNamespace(computed_tokens=0)
-    n = 0
-    for seconds, tokens in [(10.0, 1000), (7.0, 1000), (16.0, 1000), (7.0, 1000), (7.0, 1000), (7.0, 1000)]:
-        now = iter([0.0, seconds])
-        monkeypatch.setattr(training.time, "perf_counter", lambda: next(now))
-        control = SimpleNamespace(should_training_stop=False)
-        busy.on_step_begin(None, None, control)
-        busy.trainer.computed_tokens += tokens
-        busy.on_step_end(None, None, control)
-        n += 1
-        if control.should_training_stop:
-            break
+    busy, n = run_clock([(10.0, 1000), (7.0, 1000), (16.0, 1000), (7.0, 1000), (7.0, 1000), (7.0, 1000)], monkeypatch)
     assert n == 5 and statistics.median(busy.rates()) == pytest.approx(0.007)
 
 
