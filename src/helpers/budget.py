@@ -103,7 +103,7 @@ def measure(cfg: Config, train_rows: list[dict], val_rows: list[dict], steps: in
     per_step = cfg.tune.batch_size * cfg.tune.grad_accum
     # with replacement: tiny data too
     sample = [rng.choice(train_rows) for _ in range(per_step * (most + WARMUP_STEPS))]
-    size = 2 * cfg.tune.batch_size  # a validation batch (training.training_args)
+    size = training.eval_batch_size(cfg)
     pool = rng.sample(val_rows or train_rows, min(len(val_rows or train_rows), VAL_POOL * size))
     for_lengths = rng.sample(train_rows, min(len(train_rows), LENGTH_ROWS))
     timing_cfg = apply_overrides(cfg, {"tune.max_steps": most + WARMUP_STEPS, "tune.warmup_ratio": 0.0,
@@ -181,7 +181,7 @@ def row_tokens_validated(lengths: list[int], cfg: Config, packed: bool) -> float
     """The tokens a validation pass computes per row, padding included: its batches (twice the training
     batch) come in split order, which is random, so they are simulated on the lengths shuffled."""
     shuffled = random.Random(cfg.experiment.seed).sample(lengths, len(lengths))
-    size = 2 * cfg.tune.batch_size
+    size = training.eval_batch_size(cfg)
     return batch_tokens(shuffled, size, packed) / size
 
 

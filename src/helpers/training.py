@@ -192,7 +192,7 @@ def training_args(cfg: Config, output_dir: Path, has_validation: bool, resuming:
         # each its 1/N share of the very batch one process would take (so the examples per
         # step, and the sampler's order, do not depend on N); "per device" is then per step.
         per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size * 2,  # no gradients to keep: twice fits
+        per_device_eval_batch_size=eval_batch_size(cfg),
         accelerator_config={"split_batches": processes > 1},
         # Every weight that trains (adapters, head, unfrozen layers) gets a gradient at every
         # step, so DDP need not search the graph for unused ones; the Trainer would turn that
@@ -217,6 +217,11 @@ def training_args(cfg: Config, output_dir: Path, has_validation: bool, resuming:
         report_to="none",  # TensorBoard is added as a callback with its folder (no logging_dir in v5)
         disable_tqdm=not progress,  # the step bar (helpers.progress decides where it goes)
         dataloader_pin_memory=torch.cuda.is_available())
+
+
+def eval_batch_size(cfg: Config) -> int:
+    """Rows per validation batch: twice the training batch (no gradients to keep: twice fits)."""
+    return 2 * cfg.tune.batch_size
 
 
 def world_size() -> int:
