@@ -16,9 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import DataCollatorWithFlattening
-
-from . import chat, data, models, packed_attention
+from . import data, models, packed_attention, tasks
 from .config import load_config
 
 IMPLEMENTATIONS = ("sdpa", packed_attention.NAME)
@@ -55,11 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     split = run / "data" / "train.augmented.jsonl"
     rows = data.read_jsonl(split if split.is_file() else run / "data" / "train.jsonl")
     tok, model = models.load_tokenizer(cfg), models.load_causal_lm(cfg)
-    collate = DataCollatorWithFlattening()
+    task = tasks.for_config(cfg)
+    if not task.packs(cfg, model.config.model_type):
+        raise SystemExit(f"{run.name}: this run does not pack its chat batches (tune.packing, or a model type "
+                         f"outside tasks.chat.DECODERS): there is no packed row to time")
+    collate = task.collator(cfg, tok, model.config.model_type)  # the batches training builds
 
     def packed(chunk):
-        encoded = [chat.encode(tok, r["messages"], cfg.model.max_length) for r in chunk]
-        return collate([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded])
+        return collate(list(task.encode(tok, chunk, None, cfg.model.max_length, "train")))
 
     n = a.chats
     cases = [(f"training batch {i + 1}, {n} chats", rows[i * n:(i + 1) * n], True) for i in range(a.batches)]

@@ -3,8 +3,8 @@
 A packed batch (`DataCollatorWithFlattening`) is one row of every chat in the batch, the positions
 restarting at 0 at each chat. With `sdpa`, transformers builds a dense block-diagonal causal mask
 over the whole row and attends across all of it, masked: the cost grows with the square of the row,
-16 chats of 170 tokens at 2,700 tokens cost as much attention as 16 chats of 2,700 tokens would
-each. `packed_sdpa` attends within each chat instead (one SDPA call per chat, causal, no mask), so
+so 16 chats of 170 tokens (2,700 in the row) cost as much attention as one chat of 2,700 tokens,
+16 times what they cost apart. `packed_sdpa` attends within each chat instead (one SDPA call per chat, causal, no mask), so
 attention costs the sum of the squares of the chats' lengths. Anything else (a padded batch, a
 generation step with a cache, one sequence) goes to transformers' own `sdpa` unchanged.
 
