@@ -71,6 +71,14 @@ def test_phases_count_nested_time_once():
     assert Box().outer() == 2
     assert 0.05 <= phases.seconds["inner"] < 0.2
     assert 0.02 <= phases.seconds["outer"] < 0.05  # its own 20 ms, not the inner 50
+    Box().inner()
+    assert phases.calls == {"outer": 1, "inner": 2}  # the bench's validation rate counts the passes
+
+
+def test_the_classifier_paths_train_their_own_steps():
+    spec = {"steps": 30, "cls_steps": 150, "set": "pairs"}
+    assert bench_paths.set_spec(spec, "airline") == {**spec, "steps": 150, "set": "airline"}
+    assert bench_paths.set_spec(spec, "multiturn") == {**spec, "set": "multiturn"}
 
 
 def test_summary_compares_ours_with_the_fastest_reference_in_the_loop_and_the_wall():

@@ -1,4 +1,5 @@
 """Stage 04 on smoke-sized data: masks, packing, methods, a tiny overfit, saved models, resume."""
+import platform
 from types import SimpleNamespace
 
 import pytest
@@ -208,6 +209,16 @@ def test_classification_metrics_by_hand():
 def test_step_scheduler_warms_up_then_decays_in_steps():
     factors = [trainer._step_factor(s, warmup=2, size=3, gamma=0.5) for s in range(9)]
     assert factors == pytest.approx([0, 0.5, 1, 1, 1, 0.5, 0.5, 0.5, 0.25])
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_freed_memory_is_handed_back_after_steps():
+    """Blocks of the heap freed under one still in use: malloc_trim gives their pages back (returns 1)."""
+    trim = training.ReleaseMemory().trim
+    blocks = [bytearray(50_000) for _ in range(2000)]  # 100 MB in the heap (under the mmap threshold)
+    last = blocks[-1]
+    del blocks
+    assert trim() == 1 and len(last) == 50_000
 
 
 def test_cli_bad_override_exits_2_naming_the_key(tmp_path, short_chats, capsys):

@@ -48,6 +48,11 @@ def pipeline_config(spec: dict):
     return load_config(paths.PARAMS / ("sentiment-airline.yaml" if spec["set"] == "airline" else "chat-faq.yaml"), over)
 
 
+def set_spec(spec: dict, name: str) -> dict:
+    """The spec for one data set: its name, and for the classifier its own steps (--cls-steps)."""
+    return {**spec, "set": name, **({"steps": spec.get("cls_steps", spec["steps"])} if name == "airline" else {})}
+
+
 def set_max_length(spec: dict) -> int:
     """The token cap of the bench's data set: --max-length for short pairs, 256 (chat-faq's own) for multi-turn."""
     return spec["multiturn_max_length"] if spec["set"] == "multiturn" else spec["max_length"]
@@ -145,7 +150,7 @@ def ceiling_bench(spec: dict) -> dict[str, Any]:
 
     out = {}
     for name in spec["sets"]:
-        s = {**spec, "set": name}
+        s = set_spec(spec, name)
         classify = name == "airline"
         cfg = pipeline_config(s) if classify else bench_config(s)
         config = AutoConfig.from_pretrained(models.resolve(models.model_name(cfg)))
@@ -178,10 +183,11 @@ def _cuda() -> bool:
 # ---------------------------------------------------------------- where the wall time goes
 
 class Phases:
-    """Exclusive seconds per named phase, from functions wrapped in place (in a worker process only)."""
+    """Exclusive seconds and calls per named phase, from functions wrapped in place (in a worker process only)."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
         self._stack: list[list] = []
 
     def wrap(self, owner, attr: str, name: str) -> None:
@@ -196,6 +202,7 @@ class Phases:
                 start, inner = self._stack.pop()
                 total = time.perf_counter() - start
                 self.seconds[name] = self.seconds.get(name, 0.0) + total - inner
+                self.calls[name] = self.calls.get(name, 0) + 1
                 if self._stack:
                     self._stack[-1][1] += total
 
@@ -334,8 +341,8 @@ def worker(path: str, spec: dict) -> dict[str, Any]:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # before the fp32 copy below
     model = model.float().eval()  # the yardstick below runs every path's model in fp32
     return {"path": path, "set": spec["set"], "seconds": seconds, "train_seconds": timer.seconds,
-            "step_seconds": timer.step_seconds, "phases": phases.seconds, "examples": len(train),
-            "max_length": max_length, "tokens": tokens, "loss_tokens": loss_tokens,
+            "step_seconds": timer.step_seconds, "phases": phases.seconds, "phase_calls": phases.calls,
+            "examples": len(train), "max_length": max_length, "tokens": tokens, "loss_tokens": loss_tokens,
             "tokens_per_s": tokens / timer.seconds, "step_tokens_per_s": tokens / timer.step_seconds,
             "loss_tokens_per_s": loss_tokens / timer.seconds, "peak_rss_gib": rss,
             "val_examples": len(val), "val_loss": validation_loss(model, tok, val, set_max_length(spec))}

@@ -14,6 +14,7 @@ What changes with the task (encoding, base model, batches, metrics) comes from h
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import random
@@ -133,7 +134,7 @@ def make_trainer(cfg: Config, prepared: Prepared, model, args: TrainingArguments
     t, task = cfg.tune, tasks.for_config(cfg)
     main = is_main_process()  # under accelerate launch only it writes logs and samples
     step0 = checkpoint_step(prepared.checkpoint)
-    cbs: list = [StepTimer()]
+    cbs: list = [StepTimer(), ReleaseMemory()]
     if main:
         # purge_step: TensorBoard drops what the interrupted process logged after the checkpoint.
         writer = SummaryWriter(str(prepared.output_dir / "tensorboard"),
@@ -284,6 +285,35 @@ class StepTimer(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.each.append(time.perf_counter() - self._start)
+
+
+class ReleaseMemory(TrainerCallback):
+    """Hand the memory a step or a validation pass freed back to the system (glibc's malloc_trim).
+
+    Packed batches change shape at every step, so the allocator keeps freed blocks of many sizes
+    that the next steps cannot reuse, and the resident memory grows with the steps: 15 LoRA steps of
+    the bench's multi-turn chats (`make bench`'s set, 1,137 tokens a step) peaked at 3.50 GiB
+    without, 3.13 GiB with, at the same speed (316 vs 309 tokens/s; 2-core AVX-512 EPYC, 2026-12-05).
+    Where there is no glibc (macOS, musl) it does nothing."""
+
+    def __init__(self):
+        self.trim = malloc_trim()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trim()
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.trim()
+
+
+def malloc_trim():
+    """glibc's malloc_trim(0) (returns 1 when it gave memory back), or a function that returns None without glibc."""
+    try:
+        fn = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return lambda: fn(0)
 
 
 def save_model(fitted: Fitted, adapter_dir: Path | None, final_dir: Path, cfg: Config | None = None) -> None:
