@@ -291,10 +291,10 @@ class ReleaseMemory(TrainerCallback):
     """Hand the memory a step or a validation pass freed back to the system (glibc's malloc_trim).
 
     Packed batches change shape at every step, so the allocator keeps freed blocks of many sizes
-    that the next steps cannot reuse, and the resident memory grows with the steps: 15 LoRA steps of
-    the bench's multi-turn chats (`make bench`'s set, 1,137 tokens a step) peaked at 3.50 GiB
-    without, 3.13 GiB with, at the same speed (316 vs 309 tokens/s; 2-core AVX-512 EPYC, 2026-12-05).
-    Where there is no glibc (macOS, musl) it does nothing."""
+    that the next steps cannot reuse, and the resident memory grows with the steps: 30 LoRA steps of
+    the bench's multi-turn chats (`make bench`'s set, 1,137 tokens a step) peaked at 4.44 GiB
+    without, 3.64 GiB with, for 4.7% of the speed (315 vs 301 tokens/s; 2-core AVX-512 EPYC,
+    2026-12-05, one run each). Where there is no glibc (macOS, musl) it does nothing."""
 
     def __init__(self):
         self.trim = malloc_trim()
