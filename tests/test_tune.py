@@ -221,6 +221,15 @@ def test_freed_memory_is_handed_back_after_steps():
     assert trim() == 1 and len(last) == 50_000
 
 
+def test_memory_is_released_after_each_step_and_each_validation(tmp_path, short_chats, monkeypatch):
+    calls = []
+    monkeypatch.setattr(training, "malloc_trim", lambda: lambda: calls.append(1))
+    cfg = load_config(SMOKE, {**CHAT_FAST, "tune.max_steps": 2, "tune.eval_steps": 1, "tune.save_steps": 1,
+                              "tune.sample_prompts": 0})
+    training.fit(cfg, short_chats[:4], short_chats[4:8], tmp_path)
+    assert len(calls) == 2 + 3  # 2 steps; validations at steps 0, 1 and 2
+
+
 def test_cli_bad_override_exits_2_naming_the_key(tmp_path, short_chats, capsys):
     run, _ = make_run(tmp_path, SMOKE, CHAT_FAST, short_chats[:4], short_chats[4:6])
     assert tune.main(["--run-dir", str(run.dir), "--set", "tune.learning_rat=1e-3"]) == 2
