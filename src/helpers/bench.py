@@ -207,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                   }.get(a.worker, lambda s: (classifier_worker if s["set"] == "airline" else worker)(a.worker, s))(spec)
         print(json.dumps(result))
         return 0
-    spec = {"steps": a.steps, "cls_steps": a.cls_steps, "batch_size": a.batch_size, "max_length": a.max_length, "lr": a.lr, "model": a.model,
-            "seed": a.seed, "r": 8, "alpha": 16, "val_examples": 64, "gen_examples": 16, "eval_batch_size": 16,
-            "max_new_tokens": 32, "serve_prompts": a.serve_prompts, "set": "pairs", "sets": a.sets.split(","),
+    spec = {"steps": a.steps, "cls_steps": a.cls_steps, "batch_size": a.batch_size, "max_length": a.max_length,
+            "lr": a.lr, "model": a.model, "seed": a.seed, "r": 8, "alpha": 16, "val_examples": 64, "gen_examples": 16,
+            "eval_batch_size": 16, "max_new_tokens": 32, "serve_prompts": a.serve_prompts, "set": "pairs", "sets": a.sets.split(","),
             "multiturn_max_length": 256, "cls_val_examples": 512, "ceiling_seconds": 2.0}
     out = Path(a.out) / datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True)

@@ -80,8 +80,7 @@ def classifier_worker(path: str, spec: dict) -> dict[str, Any]:
     y = np.array([labels.index(r["label"]) for r in val])
     return {"path": path, "set": "airline", "seconds": seconds, "train_seconds": timer.seconds,
             "step_seconds": timer.step_seconds, "phases": phases.seconds, "phase_calls": phases.calls,
-            "examples": len(train),
-            "max_length": cfg.model.max_length, "batch_size": cfg.tune.batch_size, "tokens": tokens,
+            "examples": len(train), "max_length": cfg.model.max_length, "batch_size": cfg.tune.batch_size, "tokens": tokens,
             "tokens_per_s": tokens / timer.seconds, "step_tokens_per_s": tokens / timer.step_seconds,
             "peak_rss_gib": rss, "val_examples": len(val),
             "val_loss": float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean()),
