@@ -212,7 +212,7 @@ def test_step_scheduler_warms_up_then_decays_in_steps():
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
-def test_freed_memory_is_handed_back_after_steps():
+def test_malloc_trim_gives_freed_heap_pages_back():
     """Blocks of the heap freed under one still in use: malloc_trim gives their pages back (returns 1)."""
     trim = training.ReleaseMemory().trim
     blocks = [bytearray(50_000) for _ in range(2000)]  # 100 MB in the heap (under the mmap threshold)
