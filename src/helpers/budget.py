@@ -149,10 +149,11 @@ def measure(cfg: Config, train_rows: list[dict], val_rows: list[dict], steps: in
     data_tokens = step_tokens(lengths, cfg, packed, len(train_rows))
     per_token = statistics.median(rates) if rates else None
     return {"seconds_per_step": round(per_token * data_tokens if per_token else statistics.median(timed), 4),
-            "seconds_per_token": round(per_token, 7) if per_token else None,
+            "seconds_per_token": round(per_token, 10) if per_token else None,
             "data_tokens_per_step": round(data_tokens, 1), "mean_row_tokens": round(row_tokens, 1),
             "warmup_steps": clock.warmup, "steps_timed": len(timed),
-            "step_seconds_each": [round(s, 3) for s in clock.each], "step_tokens_each": clock.tokens,
+            # 10 µs: a smoke step can take 20 ms, and the rates must be recomputable from these
+            "step_seconds_each": [round(s, 5) for s in clock.each], "step_tokens_each": clock.tokens,
             # per computed token too: one batch of uneven chats is not an average row
             "seconds_per_validation_row": round(val_seconds / val_tokens * per_row, 5),
             "validation_batch_tokens": val_tokens,
