@@ -9,12 +9,12 @@ from helpers import budget, data, explore, models, paths, runs, training
 from helpers.config import ConfigError, load_config
 
 SMOKE = paths.PARAMS / "smoke.yaml"
-SMOKE_SENTIMENT = paths.PARAMS / "smoke-sentiment.yaml"
+SMOKE_SENTIMENT = paths.PARAMS / "smoke-sentiment.yaml"  # its ensemble of 2 halves a plan: tests say 1
 TIMING = {"seconds_per_step": 0.5, "seconds_per_validation_row": 0.01}
 
 
 def test_a_budget_buys_the_steps_that_fit_with_their_validations():
-    cfg = load_config(SMOKE_SENTIMENT, {"tune.max_steps": -1, "tune.time_budget_minutes": 2,
+    cfg = load_config(SMOKE_SENTIMENT, {"tune.max_steps": -1, "tune.ensemble": 1, "tune.time_budget_minutes": 2,
                                         "tune.eval_steps": 50, "tune.save_steps": 100})
     plan = budget.plan_budget(cfg, TIMING, n_train=1000, n_val=100)  # a validation pass: 1 s
     # 120 s = steps * 0.5 + (1 + steps / 50) * 1  ->  steps = floor(119 / 0.52) = 228
@@ -29,7 +29,7 @@ def test_a_validation_split_too_big_for_the_budget_is_sampled_for_four_passes():
     # Measured on 23.5k tweets (2026-12-03, AVX2-only EPYC): a pass over 2,352 validation rows took 101 s,
     # a step 2.15 s; in 5 minutes two whole passes left 45 steps. A sample sized for four passes in a
     # quarter of the budget: floor(75 s / 4 / 0.043 s) = 436 rows.
-    cfg = load_config(SMOKE_SENTIMENT, {"tune.max_steps": -1, "tune.time_budget_minutes": 5})
+    cfg = load_config(SMOKE_SENTIMENT, {"tune.max_steps": -1, "tune.ensemble": 1, "tune.time_budget_minutes": 5})
     timing = {"seconds_per_step": 2.15, "seconds_per_validation_row": 0.043}
     plan = budget.plan_budget(cfg, timing, n_train=18800, n_val=2352)
     assert plan["eval_rows"] == 436 and budget.plan_overrides(plan)["tune.eval_rows"] == 436
@@ -40,7 +40,8 @@ def test_a_validation_split_too_big_for_the_budget_is_sampled_for_four_passes():
     # Never below MIN_EVAL_ROWS, and never more than the split; a user's own tune.eval_rows is kept.
     assert budget.plan_budget(cfg, {"seconds_per_step": 0.5, "seconds_per_validation_row": 0.2}, 1000, 5000
                               )["eval_rows"] == budget.MIN_EVAL_ROWS
-    mine = load_config(SMOKE_SENTIMENT, {"tune.max_steps": -1, "tune.time_budget_minutes": 5, "tune.eval_rows": 300})
+    mine = load_config(SMOKE_SENTIMENT, {"tune.max_steps": -1, "tune.ensemble": 1, "tune.time_budget_minutes": 5,
+                                         "tune.eval_rows": 300})
     assert budget.plan_budget(mine, TIMING, 1000, 2352)["eval_rows"] == 300
     # Training takes that seeded sample, in split order, the same one every time.
     rows = [{"id": f"r{i}"} for i in range(2352)]
@@ -51,14 +52,14 @@ def test_a_validation_split_too_big_for_the_budget_is_sampled_for_four_passes():
 
 
 def test_a_short_budget_evaluates_every_quarter_and_a_hopeless_one_says_how_much_is_needed():
-    cfg = load_config(SMOKE_SENTIMENT, {"tune.max_steps": -1, "tune.time_budget_minutes": 0.5,
+    cfg = load_config(SMOKE_SENTIMENT, {"tune.max_steps": -1, "tune.ensemble": 1, "tune.time_budget_minutes": 0.5,
                                         "tune.eval_steps": 100, "tune.save_steps": 100})
     plan = budget.plan_budget(cfg, TIMING, n_train=1000, n_val=100)
     assert plan["max_steps"] < 200 and plan["eval_steps"] == plan["save_steps"] == plan["max_steps"] // 4
     assert plan["planned_minutes"] <= 0.5
     # A validation pass of 60 s in a 10-minute budget: the usual cadence (every 50 steps) would validate
     # 12 times, 12 of the 10 minutes; at most a quarter goes to validation: step 0 and one more.
-    slow = load_config(SMOKE_SENTIMENT, {"tune.max_steps": -1, "tune.time_budget_minutes": 10,
+    slow = load_config(SMOKE_SENTIMENT, {"tune.max_steps": -1, "tune.ensemble": 1, "tune.time_budget_minutes": 10,
                                          "tune.eval_steps": 50, "tune.save_steps": 50})
     plan = budget.plan_budget(slow, {"seconds_per_step": 0.5, "seconds_per_validation_row": 0.6}, 1000, 100)
     assert plan["evaluations"] == 2 and plan["max_steps"] == (600 - 2 * 60) / 0.5 == plan["eval_steps"]
@@ -78,7 +79,7 @@ def test_small_data_gets_min_steps_and_max_steps_or_epochs_win_otherwise():
 
 
 def test_the_timing_runs_the_training_path_and_01_writes_the_budget_into_config_yaml(tmp_path):
-    cfg = load_config(SMOKE_SENTIMENT, {"tune.max_steps": -1, "tune.time_budget_minutes": 1})
+    cfg = load_config(SMOKE_SENTIMENT, {"tune.max_steps": -1, "tune.ensemble": 1, "tune.time_budget_minutes": 1})
     run = runs.create_run(cfg, reports=tmp_path / "reports")
     rows = data.load(cfg).rows
     lengths = explore.token_lengths(rows, models.load_tokenizer(cfg), "classification")

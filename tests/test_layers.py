@@ -18,7 +18,7 @@ LAYERS = {
              "artifacts", "plots", "precision", "measures", "textrules", "bookkeeping", "words", "textops", "verdicts"],
     "engine": ["inference", "adapters", "packed_attention", "trainer", "training", "budget", "tasks", "tasks.chat",
                "tasks.classification"],
-    "drivers": ["search", "search_study", "search_report", "crossval"],
+    "drivers": ["search", "search_study", "search_report", "crossval", "ensemble"],
     "stages": ["explore", "clean", "augment", "tune", "evaluation", "evaluation_chat", "evaluation_classification",
                "report"],
     "entry": ["pipeline", "stagerun", "sweep", "sweep_report", "reuse", "export", "modelfile", "predict", "serving", "chatbot", "webchat",

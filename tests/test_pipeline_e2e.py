@@ -85,6 +85,13 @@ def test_classification_smoke_end_to_end(smoke_classifier_run):
     assert (folder / roc["path"]).stat().st_size > 0
     assert "roc" in html.lower() and "wordcloud" in html.lower().replace(" ", "")
     assert_only_task(folder, "classification")
+    # smoke-sentiment trains an ensemble of two (tune.ensemble): 04's cell trained the second member, 05
+    # scored their average as "tuned" and model/final alone as "single", and the report says both.
+    assert metrics["tune"]["ensemble"]["seeds"] == [metrics["tune"]["ensemble"]["seeds"][0] + i for i in (0, 1)]
+    assert (folder / "model" / "members" / "1" / "final" / "model.safetensors").is_file()
+    assert (folder / artifact(folder, "ensemble", "table")["path"]).is_file()
+    assert 0.0 <= m["single_macro_auc"] <= 1.0 and all("single_probs" in p for p in predictions)
+    assert "one model of the ensemble" in html
 
 
 def test_failing_stage_names_notebook_and_cell_and_keeps_it(reports, monkeypatch, capsys):

@@ -212,6 +212,13 @@ def test_use_this_model_for_a_classifier_is_predict(reports):
     use = report.use_html(run, run.config())
     assert "make predict " in use and "INPUT=new.csv" in use and "make serve" not in use
     assert "text-classification" in use and "OpenAI" not in use
+    # smoke-sentiment is an ensemble of two: the snippet averages both folders (test_ensemble runs it)
+    assert "ensemble of 2 classifiers" in use and use.count("/final&#39;,") == 2
+    single = make_run("params/smoke-sentiment.yaml", CLS_METRICS, {"tune.ensemble": 1})
+    (single.model / "final").mkdir()
+    (single.model / "final" / "config.json").write_text("{}")
+    use = report.use_html(single, single.config())
+    assert "ensemble" not in use and "model/members" not in use and "text-classification" in use
 
 
 EVIL = "<script>alert(1)</script>"

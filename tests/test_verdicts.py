@@ -33,6 +33,8 @@ def test_under_trained_when_validation_loss_still_falls_at_the_end():
     v = verdicts.under_trained(h, {"steps": 10, "step_seconds": 30.0, "stopped_early": False})
     assert v.kind == "under_trained" and "3.100 -> 2.900 at step 10" in v.text
     assert "about 0.5 more minutes" in v.text and "tune.max_steps" in v.keys
+    three = verdicts.under_trained(h, {"steps": 10, "step_seconds": 30.0, "ensemble": {"members": 3}})
+    assert "(10) for each of the 3 ensemble members would take about 1.5 more minutes" in three.text
     assert verdicts.under_trained(history([(0, 3.3), (5, 3.1), (10, 3.1)]), {}) is None  # flat: not falling
     assert verdicts.under_trained(h, {"stopped_early": True}) is None
     assert verdicts.under_trained(history([(0, 3.3)]), {}) is None  # one evaluation says nothing

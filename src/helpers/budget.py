@@ -210,9 +210,10 @@ def plan_budget(cfg: Config, timing: dict[str, Any], n_train: int, n_val: int) -
     (early stopping and the best checkpoint need them), there are four instead; when it would spend
     more than EVAL_SHARE of the budget validating, fewer. Checkpoints then come with the evaluations.
     When even two whole validation passes exceed that share (a big validation split on a slow
-    machine), training validates on a seeded sample of the split (tune.eval_rows) sized for four."""
+    machine), training validates on a seeded sample of the split (tune.eval_rows) sized for four.
+    An ensemble (tune.ensemble: N) shares the budget: the plan is one member's, for a budget / N."""
     t = cfg.tune
-    budget = t.time_budget_minutes * 60
+    budget = t.time_budget_minutes * 60 / t.ensemble
     per_row = timing["seconds_per_validation_row"]
     n_val = min(n_val, t.eval_rows or n_val)
     eval_rows = t.eval_rows
@@ -235,14 +236,16 @@ def plan_budget(cfg: Config, timing: dict[str, Any], n_train: int, n_val: int) -
         every = save = max(1, steps // evals)
     if steps < 1:
         need = (step + 2 * val) / 60
-        raise ConfigError(f"tune.time_budget_minutes: {t.time_budget_minutes} min buys no step here (a step takes "
-                          f"{step:.2f} s and a validation pass {val:.1f} s); give at least {math.ceil(need)}, "
-                          f"or set tune.max_steps instead")
+        share = f" for each of tune.ensemble's {t.ensemble} members" if t.ensemble > 1 else ""
+        raise ConfigError(f"tune.time_budget_minutes: {t.time_budget_minutes} min buys no step here{share} (a step "
+                          f"takes {step:.2f} s and a validation pass {val:.1f} s); give at least "
+                          f"{math.ceil(need * t.ensemble)}, or set tune.max_steps instead")
     per_step = t.batch_size * t.grad_accum
     evaluations = 1 + steps // every if n_val else 0
-    return {"time_budget_minutes": t.time_budget_minutes, "max_steps": steps, "eval_steps": every,
-            "save_steps": save, "eval_rows": eval_rows, "epochs": round(steps * per_step / max(n_train, 1), 2),
-            "evaluations": evaluations, "seconds_per_step": step, "validation_pass_seconds": round(val, 1),
+    return {"time_budget_minutes": t.time_budget_minutes, "ensemble_members": t.ensemble, "max_steps": steps,
+            "eval_steps": every, "save_steps": save, "eval_rows": eval_rows,
+            "epochs": round(steps * per_step / max(n_train, 1), 2), "evaluations": evaluations,
+            "seconds_per_step": step, "validation_pass_seconds": round(val, 1),
             "planned_minutes": round((steps * step + evaluations * val) / 60, 2)}
 
 

@@ -46,6 +46,9 @@ class Config(Section):
         s = self.data.split
         if s.validation + s.test >= 0.9:
             raise ValueError("data.split: validation + test must leave at least 10% for training")
+        if self.tune.ensemble > 1 and self.experiment.task != "classification":
+            raise ValueError(f"tune.ensemble: {self.tune.ensemble} averages classifiers' probabilities; a "
+                             f"{self.experiment.task} model's answers cannot be averaged that way: set it to 1")
         return self
 
 

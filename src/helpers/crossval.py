@@ -8,7 +8,6 @@ A rerun reuses every fold whose fold.json exists.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -50,18 +49,7 @@ def cross_validate(run: Run, cfg: Config) -> dict[str, Any]:
 def fit_fold(cfg: Config, train_rows: list[dict], val_rows: list[dict], folder: Path,
              fold: int) -> dict[str, Any]:
     """Train one fold (or reuse it when finished before); its merged model goes into folder."""
-    done = folder / "fold.json"
-    if done.is_file():
-        return runs.read_json(done)
-    fitted = training.fit(cfg, train_rows, val_rows, folder)
-    state = fitted.trainer.state
-    best = state.best_global_step or state.global_step
-    training.save_model(fitted, None, folder / "final")
-    shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # k full checkpoint sets would fill the disk
-    scores = {"fold": fold, "train_rows": len(train_rows), "validation_rows": len(val_rows), "best_step": best,
-              **training.best_eval(state.log_history, best)}
-    runs.write_json(done, scores)
-    return scores
+    return training.fit_saved(cfg, train_rows, val_rows, folder, "fold.json", {"fold": fold})
 
 
 def saved_proba(folder: Path, cfg: Config, texts: list[str]) -> tuple[np.ndarray, list[str]]:

@@ -48,7 +48,8 @@ def _boot(y: np.ndarray, probs: np.ndarray, resamples: int, seed: int) -> dict[s
 
 
 def summary_table(y: np.ndarray, probs: dict[str, np.ndarray], resamples: int, seed: int) -> pd.DataFrame:
-    """One row per model (tuned, baseline): headline scores with 95% bootstrap intervals."""
+    """One row per model (tuned, baseline; single: an ensemble's model/final alone): headline scores with 95%
+    bootstrap intervals."""
     recs = []
     for name, p in probs.items():
         s, ci = metrics.classification_scores(y, p), _boot(y, p, resamples, seed)
@@ -185,7 +186,10 @@ def headline(summary: pd.DataFrame) -> dict[str, Any]:
     """The classification figures metrics.json keeps at the top of 'evaluate'."""
     t = summary.set_index("model")
     out: dict[str, Any] = {"task": "classification", "examples": int(t.loc["tuned", "examples"])}
-    for model, prefix in (("tuned", ""), ("baseline", "baseline_")):
+    # "single": model/final alone, when "tuned" is an ensemble's average (tune.ensemble > 1)
+    for model, prefix in (("tuned", ""), ("baseline", "baseline_"), ("single", "single_")):
+        if model not in t.index:
+            continue
         for key in ("accuracy", "macro_f1", "macro_auc"):
             out[f"{prefix}{key}"] = float(t.loc[model, key])
             out[f"{prefix}{key}_ci"] = [float(t.loc[model, f"{key}_lo"]), float(t.loc[model, f"{key}_hi"])]

@@ -5,7 +5,8 @@
 Chat runs get `<run>/export/`: the merged model (hard links to model/final), `model.gguf` made
 by llama.cpp's own converter, a `Modelfile` for Ollama, and `check.json`, which loads the GGUF
 back and compares it with the merged model on the first test prompts. A failed check exits 1.
-Classifier runs get the merged model only (GGUF and Ollama are for chat models).
+Classifier runs get the merged model only (GGUF and Ollama are for chat models), and with
+tune.ensemble every member's, in export/members/<i>/.
 """
 from __future__ import annotations
 
@@ -290,9 +291,22 @@ def export_run(run: Run, outtype: str = "f16", prompts: int = 4, max_new_tokens:
     started = time.perf_counter()
     link_model(run.model / "final", out)
     if cfg.experiment.task != "chat":
-        return {"task": cfg.experiment.task, "export": str(out), "seconds": round(time.perf_counter() - started, 1),
-                "note": "GGUF and Ollama run generative chat models, not sequence classifiers: the export is the "
-                        "merged transformers model (safetensors); label files with make predict"}
+        members = []
+        if cfg.tune.ensemble > 1:  # the model 05 scored is every member's averaged probabilities
+            from . import ensemble  # the training engine (torch): only for an ensemble's folders
+
+            folders = ensemble.folders(run, cfg)
+            shutil.rmtree(out / "members", ignore_errors=True)
+            for i, folder in enumerate(folders[1:], start=1):
+                link_model(folder, out / "members" / str(i))
+                members.append(f"members/{i}")
+        note = ("GGUF and Ollama run generative chat models, not sequence classifiers: the export is the merged "
+                "transformers model (safetensors); label files with make predict")
+        if members:
+            note += (f". tune.ensemble: the folder itself is member 0 and {', '.join(members)} the others; the scores "
+                     f"in the report are of their class probabilities averaged (make predict averages them)")
+        return {"task": cfg.experiment.task, "export": str(out), **({"members": ["."] + members} if members else {}),
+                "seconds": round(time.perf_counter() - started, 1), "note": note}
     tok = AutoTokenizer.from_pretrained(out, trust_remote_code=False)
     template = translate_template(tok)  # before the slow conversion: an untranslatable template fails fast
     train = data.read_jsonl(run.data / "train.jsonl")

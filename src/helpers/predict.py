@@ -4,8 +4,9 @@
 
 The input is read by stage 01's own reader (helpers.data, the run's text and label column
 names, format from the extension), with the label column optional. Each readable row gets the
-predicted label, its confidence and every class probability (stage 05's predict_proba); the
-rows that could not be read go to `<output>.problems.jsonl`, each with its line and reason.
+predicted label, its confidence and every class probability (stage 05's predict_proba; with
+tune.ensemble, the members' average, as 05 scored it); the rows that could not be read go to
+`<output>.problems.jsonl`, each with its line and reason.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, evaluation, evaluation_classification, inference, readers, schema
+from . import data, ensemble, evaluation_classification, inference, readers, schema
 from .runs import Run
 
 
@@ -66,11 +67,11 @@ def predict_file(run: Run, input_path: Path, output: Path | None = None,
     reading.data.format = "auto"  # the new file's own type, whatever the training data was
     loaded = readers.load_file(input_path, reading, labelled=False)
     out, problems = output_paths(run, input_path, output)
-    model, tok = evaluation.load_tuned(run, cfg)
-    labels = inference.model_labels(model)
     texts = [r["text"] for r in loaded.rows]
-    probs = probabilities(model, tok, texts, cfg.model.max_length, batch_size or cfg.evaluate.batch_size)
-    rows = evaluation_classification.prediction_rows(loaded.rows, {"tuned": probs}, labels)
+    # model/final, or with tune.ensemble every member, their probabilities averaged: the model 05 scored
+    tuned = ensemble.members_proba(run, cfg, texts, batch_size or cfg.evaluate.batch_size, probabilities)
+    labels = tuned.labels
+    rows = evaluation_classification.prediction_rows(loaded.rows, {"tuned": tuned.average}, labels)
     if not any(r["label"] for r in rows):  # new, unlabelled texts: no empty label column
         for r in rows:
             del r["label"]

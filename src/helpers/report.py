@@ -137,7 +137,8 @@ def cards(metrics: dict[str, Any]) -> list[dict[str, Any]]:
         for key, label in (("accuracy", "accuracy"), ("macro_f1", "macro F1"), ("macro_auc", "macro AUC")):
             lo, hi = ev.get(f"{key}_ci", [None, None])
             ci = f"95% CI {lo:.3f} – {hi:.3f}; " if lo is not None else ""
-            out.append(_value(label, ev[key], f"{ci}baseline {fmt(ev.get(f'baseline_{key}'))}"))
+            single = f"; one model of the ensemble {fmt(ev[f'single_{key}'])}" if f"single_{key}" in ev else ""
+            out.append(_value(label, ev[key], f"{ci}baseline {fmt(ev.get(f'baseline_{key}'))}{single}"))
         out.append(_value("test examples", ev.get("examples", "?"), "TF-IDF + logistic regression is the baseline"))
     if metrics.get("tune", {}).get("steps"):
         out.append(_value("training steps", metrics["tune"]["steps"], training_detail(metrics["tune"])))
@@ -149,6 +150,8 @@ def training_detail(tune: dict[str, Any]) -> str:
     parts = [f"set by {tune.get('steps_rule', 'epochs')}"]
     if tune.get("time_budget_minutes"):
         parts[0] += f" ({fmt(tune['time_budget_minutes'])} min)"
+    if tune.get("ensemble", {}).get("members", 1) > 1:  # each member trained these steps
+        parts[0] += f"; each of {tune['ensemble']['members']} ensemble members"
     if tune.get("epochs_trained") is not None:
         parts.append(f"{fmt(tune['epochs_trained'], 2)} epochs")
     if tune.get("step_seconds") is not None:
@@ -215,9 +218,13 @@ def use_html(run: Run, cfg: Config | None) -> Markup:
     system = None
     if task == "chat" and (run.data / "train.jsonl").is_file():
         system = chat.system_prompt(data.read_jsonl(run.data / "train.jsonl"))
+    members = []  # an ensemble (tune.ensemble): every member's folder, model/final first
+    if task == "classification" and cfg and cfg.tune.ensemble > 1:
+        members = [f"{run_path(run)}/model/final"] + [f"{run_path(run)}/model/members/{i}/final"
+                                                      for i in range(1, cfg.tune.ensemble)]
     return macro("use")({"task": task, "run_name": run.dir.name, "run_arg": shlex.quote(f"RUN={run_path(run)}"),
                          "folder": f"{run.dir.name}/model/final", "final": f"{run_path(run)}/model/final",
-                         "system": system})
+                         "system": system, "members": members})
 
 
 # ---------------------------------------------------------------- one run

@@ -65,7 +65,8 @@ STAGE_INPUTS: dict[str, list[str]] = {
     "02-clean-data": ["data/loaded.jsonl"],
     "03-augment-data": ["data/train.jsonl"],
     "04-tune-model": ["data/train.jsonl", "data/train.augmented.jsonl", "data/validation.jsonl", "data/test.jsonl"],
-    "05-evaluate-model": ["model/final/**", "data/test.jsonl", "data/train.jsonl", "data/train.augmented.jsonl"],
+    "05-evaluate-model": ["model/final/**", "model/members/**", "data/test.jsonl", "data/train.jsonl",
+                          "data/train.augmented.jsonl"],
 }
 # Written by every stage: a stage's share of them is recorded as sections and entries, not files.
 # config.yaml too: a stage that settles a value in it (01: model.max_length auto -> a number; 04: a

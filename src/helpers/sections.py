@@ -232,6 +232,11 @@ class TuneParams(Section):
     # Classification: k-fold cross-validation on the train split after the main run, with
     # an ensemble of the fold models scored on the test split; 0 = off (it costs k trainings).
     cv_folds: int = Field(0, ge=0)
+    # Classification: train this many classifiers on the same rows, with seeds experiment.seed,
+    # + 1, ... (another head and adapter start, another order of the rows), and score, label and
+    # export them as one: their class probabilities averaged (helpers.ensemble). 1 = one model.
+    # A time budget is shared: each member trains the steps of time_budget_minutes / ensemble.
+    ensemble: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _check_tune(self) -> "TuneParams":

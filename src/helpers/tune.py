@@ -4,7 +4,8 @@ Reads data/train.augmented.jsonl (else train.jsonl) and validation.jsonl; writes
 {checkpoints, adapter, final, tensorboard, log_history.json, samples.jsonl}, the loss figure
 and metrics["tune"]. The stage is a chain of drivers over the engine: an optional Optuna
 search (helpers.search), the training (helpers.training, one function per step, which notebook
-04 shows one by one), an optional cross-validation (helpers.crossval). Also a command:
+04 shows one by one), an optional cross-validation (helpers.crossval), the other members of an
+ensemble (helpers.ensemble). Also a command:
 
     python -m helpers.tune --run-dir reports/<run> [--set tune.max_steps=20 ...] [--search]
     accelerate launch --config_file configs/accelerate/cpu-2proc.yaml -m helpers.tune --run-dir reports/<run>
@@ -27,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import adapters, artifacts, chat, crossval, data, plots, runs, schema, search, training
+from . import adapters, artifacts, chat, crossval, data, ensemble, plots, runs, schema, search, training
 from .config import Config, ConfigError, apply_overrides, to_yaml
 from .runs import Run
 
@@ -36,16 +37,21 @@ NOTEBOOK = "04-tune-model"  # this stage's name in manifest.json (helpers.pipeli
 
 
 def run_stage(run: Run, cfg: Config) -> dict[str, Any]:
-    """Stage 04 from top to bottom: search (search.enabled), train, cross-validate (tune.cv_folds).
+    """Stage 04 from top to bottom: search (search.enabled), train, the ensemble's other members
+    (tune.ensemble), cross-validate (tune.cv_folds).
 
     Notebook 04 makes the same calls one cell at a time; `python -m helpers.tune` runs this.
     """
     if cfg.tune.cv_folds and training.world_size() > 1:
         raise ConfigError("tune.cv_folds: cross-validation trains its folds in one process; run this stage "
                           "without accelerate launch, or set tune.cv_folds to 0")
+    if cfg.tune.ensemble > 1 and training.world_size() > 1:
+        raise ConfigError(ensemble.ONE_PROCESS)
     if cfg.search.enabled:
         cfg = search.apply_best(run, cfg, search.run_search(run, cfg))
     metrics = train(run, cfg)
+    if cfg.tune.ensemble > 1:
+        metrics["ensemble"] = ensemble.train_members(run, cfg)
     if cfg.tune.cv_folds:
         metrics["cv"] = crossval.cross_validate(run, cfg)
     return metrics

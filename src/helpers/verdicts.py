@@ -107,8 +107,11 @@ def under_trained(history: list[dict], tune: dict[str, Any]) -> Verdict | None:
     more = ""
     steps, seconds = tune.get("steps"), tune.get("step_seconds")
     done = (steps or 0) - (tune.get("resumed_from_step") or 0)
+    members = (tune.get("ensemble") or {}).get("members", 1)  # each member trains the steps again
     if steps and seconds and done > 0:
-        more = f" As many steps again ({steps}) would take about {seconds / done * steps / 60:.1f} more minutes here."
+        each = f" for each of the {members} ensemble members" if members > 1 else ""
+        more = (f" As many steps again ({steps}){each} would take about {seconds / done * steps * members / 60:.1f} "
+                f"more minutes here.")
     return Verdict("under_trained", "warn", f"Under-trained: the validation loss was still falling at the last "
                    f"evaluation ({prev:.3f} -> {last:.3f} at step {last_step}), so more training should help.{more}",
                    _steps_keys())
