@@ -137,6 +137,7 @@ def test_export_of_a_classifier_is_the_merged_model_only(smoke_classifier_run, c
     out = smoke_classifier_run / "export"
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     assert not (out / "model.gguf").exists() and "not sequence classifiers" in capsys.readouterr().out
+    assert (out / "members" / "1" / "model.safetensors").is_file()  # smoke-sentiment: an ensemble of two
 
 
 @pytest.mark.slow

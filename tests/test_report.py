@@ -76,6 +76,10 @@ def test_headline_cards_by_hand():
     assert value == "228" and detail == ("set by time budget (2 min); 3.65 epochs; 1.9 min in optimizer steps; "
                                          "validated on a sample of 1,436 rows; "
                                          "stopped early (best step 150); 0.5 s per step, 1.08x 01's estimate")
+    cls = dict((k, (v, d)) for k, v, d in report.headline({"evaluate": {**CLS_METRICS, "single_accuracy": 0.75},
+                                                           "tune": {**tune, "ensemble": {"members": 3}}}))
+    assert cls["accuracy"][1].endswith("; one model of the ensemble 0.75")
+    assert cls["training steps"][1].startswith("set by time budget (2 min); planned for each of 3 ensemble members")
 
 
 def test_report_and_notebook_table_say_whether_tuning_helped_and_what_to_try(chat_run):

@@ -151,7 +151,7 @@ def training_detail(tune: dict[str, Any]) -> str:
     if tune.get("time_budget_minutes"):
         parts[0] += f" ({fmt(tune['time_budget_minutes'])} min)"
     if tune.get("ensemble", {}).get("members", 1) > 1:  # each member trained these steps
-        parts[0] += f"; each of {tune['ensemble']['members']} ensemble members"
+        parts[0] += f"; planned for each of {tune['ensemble']['members']} ensemble members (figures: model/final's)"
     if tune.get("epochs_trained") is not None:
         parts.append(f"{fmt(tune['epochs_trained'], 2)} epochs")
     if tune.get("step_seconds") is not None:
