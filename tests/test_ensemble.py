@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import budget, data, ensemble, evaluation_classification, export, paths, predict, report, runs, tune
+from helpers import (budget, data, ensemble, evaluation_classification, export, metrics, paths, predict, report, runs,
+                     training, tune)
 from helpers.config import ConfigError, load_config
 
 SMOKE_SENTIMENT = paths.PARAMS / "smoke-sentiment.yaml"
@@ -34,7 +35,7 @@ def test_an_ensemble_is_for_classifiers_and_shares_a_time_budget():
 def test_members_train_with_their_own_seeds_and_are_used_as_one_model(tmp_path, capsys):
     tweets = data.load(load_config(SMOKE_SENTIMENT)).rows
     cfg = load_config(SMOKE_SENTIMENT, {"tune.max_steps": 2, "tune.eval_steps": 2, "tune.save_steps": 2,
-                                        "tune.ensemble": 2, "tune.learning_rate": 3e-3})
+                                        "tune.ensemble": 2, "tune.learning_rate": 3e-3, "tune.eval_rows": 12})
     run = runs.create_run(cfg, reports=tmp_path / "reports")
     for name, rows in (("train", tweets[:60]), ("validation", tweets[60:80]), ("test", tweets[80:100])):
         data.write_jsonl(run.data / f"{name}.jsonl", rows)
@@ -45,9 +46,13 @@ def test_members_train_with_their_own_seeds_and_are_used_as_one_model(tmp_path, 
     result = ensemble.train_members(run, cfg)
     assert result["members"] == 2 and result["seeds"] == [cfg.experiment.seed, cfg.experiment.seed + 1]
     assert [m["member"] for m in result["per_member"]] == [0, 1]
+    # Both validate on model/final's seeded sample of tune.eval_rows, not on one drawn with their own seed.
+    assert [m["validation_rows"] for m in result["per_member"]] == [12, 12]
+    assert result["per_member"][0]["eval_loss"] == runs.read_json(run.metrics_file)["tune"]["val_loss_best"]
     assert result["per_member"][1]["steps"] == 2 and "eval_loss" in result["per_member"][1]
     assert (run.model / "members" / "1" / "final" / "model.safetensors").is_file()
     assert not (run.model / "members" / "1" / "checkpoints").exists()
+    assert not (run.model / "members" / "1" / "tensorboard").exists()  # its timestamps would defeat 05's reuse
     assert runs.read_json(run.metrics_file)["tune"]["ensemble"]["members"] == 2
     # A rerun reuses the finished member (member.json) and gives the same scores.
     assert ensemble.train_members(run, cfg)["per_member"] == result["per_member"]
@@ -59,12 +64,13 @@ def test_members_train_with_their_own_seeds_and_are_used_as_one_model(tmp_path, 
     assert not np.allclose(first, second)  # another seed: another head start and row order
     assert np.allclose(tuned.average, (first + second) / 2)
 
-    # 05's summary keeps model/final alone as "single" beside the averaged "tuned".
+    # 05's summary and headline keep model/final alone as "single" beside the averaged "tuned".
     y = np.array([tuned.labels.index(r["label"]) for r in tweets[80:100]])
     summary = evaluation_classification.summary_table(
-        y, {"tuned": tuned.average, "baseline": first, "single": first}, resamples=20, seed=0)
+        y, {"tuned": tuned.average, "baseline": second, "single": first}, resamples=20, seed=0)
     head = evaluation_classification.headline(summary)
-    assert head["single_macro_f1"] == head["baseline_macro_f1"] and "single_macro_auc_ci" in head
+    assert head["single_macro_auc"] == metrics.classification_scores(y, first)["macro_auc"]
+    assert head["macro_auc"] == metrics.classification_scores(y, tuned.average)["macro_auc"]
 
     # make predict labels with the average, as 05 scored it.
     new = tmp_path / "new.csv"
@@ -87,3 +93,12 @@ def test_members_train_with_their_own_seeds_and_are_used_as_one_model(tmp_path, 
     assert result["members"] == [".", "members/1"] and "averaged" in result["note"]
     assert (run.dir / "export" / "members" / "1" / "model.safetensors").is_file()
     assert (run.dir / "export" / "model.safetensors").is_file()
+
+
+def test_members_train_in_one_process(tmp_path, monkeypatch):
+    cfg = load_config(SMOKE_SENTIMENT, {"tune.ensemble": 2})
+    run = runs.create_run(cfg, reports=tmp_path / "reports")
+    monkeypatch.setattr(training, "world_size", lambda: 2)  # as under accelerate launch
+    with pytest.raises(ConfigError, match=r"tune\.ensemble: the members train one after another in one process"):
+        tune.run_stage(run, cfg)  # refused before any training
+    assert not (run.model / "final").exists()

@@ -179,8 +179,8 @@ STAGE_MODULES = {  # the helpers each notebook calls with the config
                         "training", "adapters", "precision"],
     "02-clean-data": ["clean", "textrules", "bookkeeping", "measures", "models"],
     "03-augment-data": ["augment", "textops", "models"],
-    "04-tune-model": ["tune", "search", "crossval", "models", "chat"],
-    "05-evaluate-model": ["evaluation", "models"],
+    "04-tune-model": ["tune", "search", "crossval", "ensemble", "models", "chat"],
+    "05-evaluate-model": ["evaluation", "ensemble", "models"],
 }
 ACCESS = re.compile(r"\b(?:cfg|config)\.(\w+)(?:\.(\w+))?")
 

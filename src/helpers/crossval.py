@@ -1,7 +1,7 @@
 """Stage 04, classification with tune.cv_folds: k-fold cross-validation on the train split.
 
 A driver of stage 04 (helpers.tune runs it after training). Each fold trains with
-training.fit on the other folds and is scored on its held-out rows; the k
+training.fit_saved on the other folds and is scored on its held-out rows; the k
 fold models, their probabilities averaged, are then compared with model/final on the test
 split. Writes model/folds/k/{final, fold.json}, tables/tune-cv-folds.csv and metrics["tune"]["cv"].
 A rerun reuses every fold whose fold.json exists.
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from . import artifacts, data, inference, metrics, models, runs, training
+from . import artifacts, data, ensemble, metrics, runs, training
 from .config import Config, ConfigError
 from .runs import Run
 from .tasks import classification
@@ -52,13 +52,6 @@ def fit_fold(cfg: Config, train_rows: list[dict], val_rows: list[dict], folder: 
     return training.fit_saved(cfg, train_rows, val_rows, folder, "fold.json", {"fold": fold})
 
 
-def saved_proba(folder: Path, cfg: Config, texts: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Class probabilities (N, labels) of the classifier saved in folder, and its label order."""
-    model, tok = models.load_saved(folder, cfg)
-    return (inference.predict_proba(model, tok, texts, cfg.model.max_length, cfg.evaluate.batch_size),
-            inference.model_labels(model))
-
-
 def ensemble_scores(run: Run, cfg: Config, k: int) -> dict[str, Any]:
     """Accuracy, macro F1 and AUC on the test split (stage 05's function): the fold models' averaged
     probabilities vs model/final."""
@@ -68,15 +61,12 @@ def ensemble_scores(run: Run, cfg: Config, k: int) -> dict[str, Any]:
     if not test or not (final / "config.json").is_file():
         return {"test": "skipped: needs data/test.jsonl and model/final"}
     texts = [r["text"] for r in test]
-    single, labels = saved_proba(final, cfg, texts)
-    folds = [saved_proba(run.model / "folds" / str(i) / "final", cfg, texts) for i in range(k)]
-    if any(fold_labels != labels for _, fold_labels in folds):
-        raise ConfigError(f"tune.cv_folds: a fold model's labels differ from model/final's {labels} (a fold "
-                          f"lacked a label); set data.labels so every model has the same outputs")
-    ensemble = np.mean([p for p, _ in folds], axis=0)  # soft voting: (N, labels) probabilities averaged
-    y = classification.label_ids(test, labels)
+    found = [final] + [run.model / "folds" / str(i) / "final" for i in range(k)]
+    scored = ensemble.folders_proba(found, cfg, texts, cfg.evaluate.batch_size)  # one label order, or an error
+    single, folds = scored.members[0], scored.members[1:]
+    y = classification.label_ids(test, scored.labels)
     return {"test_rows": len(test), "test_single": headline_scores(y, single),
-            "test_ensemble": headline_scores(y, ensemble)}
+            "test_ensemble": headline_scores(y, np.mean(folds, axis=0))}  # soft voting: probabilities averaged
 
 
 def headline_scores(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """Stage 04, classification with tune.ensemble: N: a seed ensemble, scored and used as one model.
 
 A driver of stage 04 (helpers.tune runs it after training). model/final is member 0 (seed
-experiment.seed); members 1 .. N-1 train on the same rows and validation split with seeds
+experiment.seed); members 1 .. N-1 train on the same rows and validation rows with seeds
 experiment.seed + i, so each starts from another random head (and adapter) and sees the rows in
 another order, for the same planned steps (a time budget is shared: 01 plans each member's steps
 for time_budget_minutes / N). Writes model/members/<i>/{final, member.json},
@@ -56,11 +56,13 @@ def train_members(run: Run, cfg: Config) -> dict[str, Any]:
     if training.world_size() > 1:
         raise ConfigError(ONE_PROCESS)
     train_rows, val_rows = training.load_splits(run)
+    # With tune.eval_rows, the members validate on model/final's sample, not on one drawn with their own seed
+    val_rows = training.eval_sample(cfg, val_rows)
     first = runs.read_json(run.metrics_file, {}).get("tune", {})
-    rows = [{"member": 0, "seed": member_seed(cfg, 0), "folder": "model/final", "best_step": first.get("best_step"),
-             "steps": first.get("steps"), "eval_loss": first.get("val_loss_best"),
-             **{f"eval_{k[4:-5]}": v for k, v in first.items()
-                if k.startswith("val_") and k.endswith("_best") and k != "val_loss_best"}}]
+    best = first.get("best_step") or first.get("steps")
+    rows = [{"member": 0, "seed": member_seed(cfg, 0), "folder": "model/final", "train_rows": first.get("train_rows"),
+             "validation_rows": first.get("validation_rows"), "best_step": best, "steps": first.get("steps"),
+             **training.best_eval(runs.read_json(run.model / "log_history.json", []), best)}]
     for i in range(1, n):
         member_cfg = apply_overrides(cfg, {"experiment.seed": member_seed(cfg, i)})
         folder = run.model / "members" / str(i)
@@ -97,19 +99,24 @@ class Probabilities:
 
 
 def members_proba(run: Run, cfg: Config, texts: list[str], batch_size: int, proba=None) -> Probabilities:
-    """Every member's class probabilities on texts, one member loaded at a time.
+    """Every member's class probabilities on texts (folders_proba over this run's members)."""
+    return folders_proba(folders(run, cfg), cfg, texts, batch_size, proba)
 
-    proba(model, tokenizer, texts, max_length, batch_size) computes them (default:
+
+def folders_proba(found: list[Path], cfg: Config, texts: list[str], batch_size: int, proba=None) -> Probabilities:
+    """The class probabilities of each classifier saved in found, one loaded at a time; they must share
+    one label order. proba(model, tokenizer, texts, max_length, batch_size) computes them (default:
     inference.predict_proba; make predict passes one with a progress bar)."""
     proba = proba or inference.predict_proba
     labels, members = None, []
-    for folder in folders(run, cfg):
+    for folder in found:
         model, tok = models.load_saved(folder, cfg)
         own = inference.model_labels(model)
         if labels is not None and own != labels:
-            raise ConfigError(f"tune.ensemble: {folder} predicts labels {own}, model/final {labels}; set "
-                              f"data.labels so every member has the same outputs, and run 04 again")
+            raise ConfigError(f"{folder} predicts labels {own}, {found[0]} {labels}: a model that lacked a label in "
+                              f"training, or one left from an earlier run; set data.labels so every model has the "
+                              f"same outputs, and run 04-tune-model again")
         labels = own
         members.append(proba(model, tok, texts, cfg.model.max_length, batch_size))
         del model
-    return Probabilities(labels, members)
+    return Probabilities(labels or [], members)

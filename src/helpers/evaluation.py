@@ -35,7 +35,8 @@ def train_rows(run: Run) -> tuple[list[dict], str]:
 
 
 def load_tuned(run: Run, cfg: Config) -> tuple[Any, Any]:
-    """The tuned model in model/final and its tokenizer (pad token set), in eval mode."""
+    """The tuned model in model/final and its tokenizer (pad token set), in eval mode (a classifier ensemble:
+    helpers.ensemble reads every member)."""
     folder = run.model / "final"
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} holds no model: run 04-tune-model first (it saves the merged model there)")

@@ -295,7 +295,10 @@ def export_run(run: Run, outtype: str = "f16", prompts: int = 4, max_new_tokens:
         if cfg.tune.ensemble > 1:  # the model 05 scored is every member's averaged probabilities
             from . import ensemble  # the training engine (torch): only for an ensemble's folders
 
-            folders = ensemble.folders(run, cfg)
+            try:
+                folders = ensemble.folders(run, cfg)
+            except FileNotFoundError as e:  # a member missing: say so, no traceback
+                raise ExportError(str(e)) from None
             shutil.rmtree(out / "members", ignore_errors=True)
             for i, folder in enumerate(folders[1:], start=1):
                 link_model(folder, out / "members" / str(i))

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data, ensemble, evaluation_classification, inference, readers, schema
+from .config import ConfigError
 from .runs import Run
 
 
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         out, problems, n, bad = predict_file(run, Path(a.input), Path(a.output) if a.output else None, a.batch_size)
-    except (PredictError, schema.DataError, FileNotFoundError) as e:
+    except (PredictError, schema.DataError, FileNotFoundError, ConfigError) as e:
         print(f"predict failed: {e}", file=sys.stderr)
         return 1
     print(f"{n} rows labelled: {out}")

@@ -49,8 +49,10 @@ STAGE_CONFIG: dict[str, list[str]] = {
     # (scores the test split in evaluate.batch_size).
     "04-tune-model": ["experiment.task", "experiment.seed", "experiment.name", "data.labels", "model", "tune", "search",
                       "evaluate.batch_size"],
-    # 05: scoring; robustness perturbs prompts at augment.word_share.
-    "05-evaluate-model": ["experiment.task", "experiment.seed", "model", "evaluate", "augment.word_share"],
+    # 05: scoring (tune.ensemble: how many members make the tuned classifier); robustness perturbs
+    # prompts at augment.word_share.
+    "05-evaluate-model": ["experiment.task", "experiment.seed", "model", "evaluate", "augment.word_share",
+                          "tune.ensemble"],
 }
 # Keys a stage's outputs depend on only under a setting: 01 times stage 04's training path (all of
 # tune.*) either way, but only a time budget turns that timing into the steps 04 trains. Without

@@ -368,7 +368,7 @@ def summarize(fitted: Fitted) -> dict[str, Any]:
 def fit_saved(cfg: Config, train_rows: list[dict], val_rows: list[dict], folder: Path,
               done_name: str, about: dict[str, Any]) -> dict[str, Any]:
     """Train one more model into folder (a fold, an ensemble member), keep only its merged model in
-    folder/final, and record its best scores and `about` in folder/<done_name>. A finished one (that
+    folder/final (no checkpoints, no TensorBoard logs), and record its best scores and `about` in folder/<done_name>. A finished one (that
     file exists) is not trained again; an interrupted one continues from its last checkpoint."""
     done = folder / done_name
     if done.is_file():
@@ -378,6 +378,8 @@ def fit_saved(cfg: Config, train_rows: list[dict], val_rows: list[dict], folder:
     best = state.best_global_step or state.global_step
     save_model(fitted, None, folder / "final")
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # k full checkpoint sets would fill the disk
+    # and the event logs' timestamps would make every retrain look new to stage 05's reuse (its scores: done)
+    shutil.rmtree(folder / "tensorboard", ignore_errors=True)
     scores = {**about, "train_rows": len(train_rows), "validation_rows": len(val_rows), "best_step": best,
               "steps": state.global_step, **best_eval(state.log_history, best)}
     runs.write_json(done, scores)
