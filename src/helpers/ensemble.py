@@ -14,7 +14,7 @@ the report shows what the ensemble bought.
 
 Why: members make different mistakes. On the airline tweets (2026-12-05, 2-core EPYC, 1,428 test
 tweets; README, "How far the bundled classifier goes"), every average of three 10-minute
-classifiers measured (11) scored a macro AUC 0.0039-0.0045 above its members' mean, and a macro F1
+classifiers measured (12) scored a macro AUC 0.0039-0.0045 above its members' mean, and a macro F1
 -0.002 to +0.013 from theirs (seeds 42, 43, 44 alone: 0.803 / 0.945, 0.795 / 0.941, 0.798 / 0.940;
 together 0.798 / 0.947). Averaging three members' merged weights instead (a "soup") scored 0.799 /
 0.945, between its members: the members stay separate models.
