@@ -50,9 +50,7 @@ def member_folder(run: Run, i: int) -> Path:
 
 def train_members(run: Run, cfg: Config) -> dict[str, Any]:
     """Train members 1 .. N-1 (model/final is member 0), record each one's best validation scores."""
-    n = cfg.tune.ensemble
-    if cfg.experiment.task != "classification":
-        raise ConfigError("tune.ensemble: an ensemble is for classification; set it to 1 for chat")
+    n = cfg.tune.ensemble  # > 1 only for classification: the config refuses it for chat
     if training.world_size() > 1:
         raise ConfigError(ONE_PROCESS)
     train_rows, val_rows = training.load_splits(run)
@@ -65,9 +63,9 @@ def train_members(run: Run, cfg: Config) -> dict[str, Any]:
              **training.best_eval(runs.read_json(run.model / "log_history.json", []), best)}]
     for i in range(1, n):
         member_cfg = apply_overrides(cfg, {"experiment.seed": member_seed(cfg, i)})
-        folder = run.model / "members" / str(i)
-        about = {"member": i, "seed": member_seed(cfg, i), "folder": f"model/members/{i}/final"}
-        rows.append(training.fit_saved(member_cfg, train_rows, val_rows, folder, DONE, about))
+        final = member_folder(run, i)
+        about = {"member": i, "seed": member_seed(cfg, i), "folder": final.relative_to(run.dir).as_posix()}
+        rows.append(training.fit_saved(member_cfg, train_rows, val_rows, final.parent, DONE, about))
     table = pd.DataFrame(rows)
     artifacts.table(run, STAGE, "ensemble", table, f"The {n} members of the ensemble (tune.ensemble): each one's "
                     "seed, steps and best validation scores. Stage 05 scores their averaged probabilities.")
